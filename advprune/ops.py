@@ -1,0 +1,211 @@
+"""advprune's fused ops: Python wrappers over torch.ops.advprune, their fake
+kernels (torch.compile, meta tensors) and autograd, and the extension loading.
+
+When the compiled extension cannot be loaded the pure-PyTorch reference serves,
+with one warning; build_info() says which one is in use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import torch
+
+from advprune import _checks, reference
+from advprune._types import SampleScores
+
+__all__ = [
+    "SampleScores",
+    "build_info",
+    "extension_loaded",
+    "kl_rows",
+    "pgd_step_",
+    "project_",
+    "sample_scores",
+]
+
+
+def _cpu_has_avx2() -> bool:
+    probe = getattr(torch.cpu, "_is_avx2_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx2" in f.read().split()
+    except OSError:
+        return False
+
+
+def _load_extension() -> str | None:
+    """Imports advprune._C (which registers the kernels); returns why not, or None."""
+    try:
+        config = importlib.import_module("advprune._build_config")
+    except ImportError:
+        return "advprune was not built (no advprune/_build_config.py): pip install --no-build-isolation ."
+    if config.CPU_ISA == "avx2" and not _cpu_has_avx2():
+        return "the extension was built for AVX2 and this CPU lacks it: rebuild with ADVPRUNE_CPU_ISA=default"
+    try:
+        importlib.import_module("advprune._C")
+    except ImportError as exc:
+        return f"importing advprune._C failed: {exc}"
+    return None
+
+
+_LOAD_ERROR = _load_extension()
+_EXT = _LOAD_ERROR is None
+if not _EXT:
+    warnings.warn(
+        f"advprune: compiled kernels not loaded ({_LOAD_ERROR}); the slower pure-PyTorch reference serves",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def extension_loaded() -> bool:
+    """Whether the compiled kernels are in use (else the reference serves)."""
+    return _EXT
+
+
+def build_info() -> dict[str, Any]:
+    """What this installation is: versions, whether the compiled kernels are loaded, CUDA arches."""
+    from advprune import __version__
+
+    try:
+        config = importlib.import_module("advprune._build_config")
+    except ImportError:
+        config = None
+    has_cuda_kernels = _EXT and torch._C._dispatch_has_kernel_for_dispatch_key("advprune::pgd_step_", "CUDA")
+    archs = getattr(config, "CUDA_ARCHS", "") or ""
+    return {
+        "version": __version__,
+        "torch_runtime": torch.__version__,
+        "torch_built_against": getattr(config, "TORCH_VERSION", None),
+        "extension_loaded": _EXT,
+        "extension_error": _LOAD_ERROR,
+        "cpu_isa": getattr(config, "CPU_ISA", None),
+        "cuda_compiled": bool(has_cuda_kernels),
+        "cuda_version": getattr(config, "CUDA_VERSION", None) if has_cuda_kernels else None,
+        "cuda_archs": [a for a in archs.replace(",", ";").split(";") if a] if has_cuda_kernels else [],
+        "cuda_available": torch.cuda.is_available(),
+    }
+
+
+# ------------------------------------------------------------------ wrappers
+
+
+def pgd_step_(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x_nat: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    norm: str = "linf",
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> torch.Tensor:
+    """One projected-gradient ascent step on x_adv, in place; returns x_adv.
+
+    linf: x_adv = clamp(clamp(x_adv + step_size * sign(grad), x_nat - eps, x_nat + eps), clip_min, clip_max).
+    l2, per sample along dim 0: a step of length step_size along grad, the delta from
+    x_nat scaled back into the eps-ball, then the clip. NaN entries of grad count as 0:
+    no step there, and no NaN in the l2 norm. Bad arguments raise before anything is written.
+    """
+    op = "advprune.pgd_step_"
+    eps = _checks.check_number(op, "eps", eps)
+    step_size = _checks.check_number(op, "step_size", step_size)
+    clip_min = _checks.check_number(op, "clip_min", clip_min)
+    clip_max = _checks.check_number(op, "clip_max", clip_max)
+    _checks.check_norm(op, norm)
+    if not _EXT:
+        return reference.pgd_step_(
+            x_adv, grad, x_nat, eps=eps, step_size=step_size, norm=norm, clip_min=clip_min, clip_max=clip_max
+        )
+    torch.ops.advprune.pgd_step_(
+        x_adv, grad, x_nat, eps=eps, step_size=step_size, norm=norm, clip_min=clip_min, clip_max=clip_max
+    )
+    return x_adv
+
+
+def project_(
+    x_adv: torch.Tensor,
+    x_nat: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> torch.Tensor:
+    """Projects x_adv in place onto the eps-ball (linf or l2) around x_nat and [clip_min, clip_max]."""
+    op = "advprune.project_"
+    eps = _checks.check_number(op, "eps", eps)
+    clip_min = _checks.check_number(op, "clip_min", clip_min)
+    clip_max = _checks.check_number(op, "clip_max", clip_max)
+    _checks.check_norm(op, norm)
+    if not _EXT:
+        return reference.project_(x_adv, x_nat, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    torch.ops.advprune.project_(x_adv, x_nat, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    return x_adv
+
+
+def sample_scores(logits: torch.Tensor, labels: torch.Tensor) -> SampleScores:
+    """Per-sample loss, margin, EL2N, entropy, confidence (float32) and correct (bool) of [N, C] logits.
+
+    One fused pass per row, max-subtracted, accumulated in float32 (float64 for
+    float64 logits). Not differentiable: these are scores, not a training loss.
+    """
+    if not _EXT:
+        return reference.sample_scores(logits, labels)
+    return SampleScores(*torch.ops.advprune.sample_scores(logits, labels))
+
+
+def kl_rows(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(softmax(p) || softmax(q)) of two [N, C] logit tensors, differentiable in both."""
+    if not _EXT:
+        return reference.kl_rows(logits_p, logits_q)
+    return torch.ops.advprune.kl_rows(logits_p, logits_q)
+
+
+# ------------------------------------------------- fake kernels and autograd
+
+if _EXT:
+
+    @torch.library.register_fake("advprune::pgd_step_")
+    def _pgd_step_fake(x_adv, grad, x_nat, *, eps, step_size, norm="linf", clip_min=0.0, clip_max=1.0):
+        _checks.check_pgd("advprune.pgd_step_", x_adv, grad, x_nat, eps, step_size, norm, clip_min, clip_max)
+
+    @torch.library.register_fake("advprune::project_")
+    def _project_fake(x_adv, x_nat, *, eps, norm="linf", clip_min=0.0, clip_max=1.0):
+        _checks.check_pgd("advprune.project_", x_adv, None, x_nat, eps, None, norm, clip_min, clip_max)
+
+    @torch.library.register_fake("advprune::sample_scores")
+    def _sample_scores_fake(logits, labels):
+        _checks.check_scores(logits, labels, check_values=False)
+        n = logits.shape[0]
+        floats = [logits.new_empty((n,), dtype=torch.float32) for _ in range(5)]
+        return (*floats, logits.new_empty((n,), dtype=torch.bool))
+
+    @torch.library.register_fake("advprune::kl_rows")
+    def _kl_rows_fake(logits_p, logits_q):
+        _checks.check_kl("advprune.kl_rows", logits_p, logits_q)
+        return logits_p.new_empty((logits_p.shape[0],))
+
+    @torch.library.register_fake("advprune::kl_rows_backward")
+    def _kl_rows_backward_fake(grad, logits_p, logits_q):
+        _checks.check_kl("advprune.kl_rows_backward", logits_p, logits_q)
+        return torch.empty_like(logits_p), torch.empty_like(logits_q)
+
+    def _kl_rows_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _kl_rows_backward(ctx, grad):
+        logits_p, logits_q = ctx.saved_tensors
+        grad_p, grad_q = torch.ops.advprune.kl_rows_backward(grad, logits_p, logits_q)
+        return (
+            grad_p if ctx.needs_input_grad[0] else None,
+            grad_q if ctx.needs_input_grad[1] else None,
+        )
+
+    torch.library.register_autograd("advprune::kl_rows", _kl_rows_backward, setup_context=_kl_rows_setup)

@@ -1,0 +1,29 @@
+// Op schemas of the advprune library and the Python module stub that lets
+// `import advprune._C` load them (the kernels register themselves per device).
+#include <Python.h>
+#include <torch/library.h>
+
+// An empty module: importing it runs the static registrations below.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(advprune, m) {
+  // In-place PGD update of x_adv (ascent step, projection, clip); returns nothing
+  // so that torch.compile can functionalise it. NaN gradient entries count as 0.
+  m.def(
+      "pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_nat, *, float eps, float step_size, "
+      "str norm=\"linf\", float clip_min=0., float clip_max=1.) -> ()");
+  // In-place projection of x_adv onto the eps-ball around x_nat and the clip range.
+  m.def(
+      "project_(Tensor(a!) x_adv, Tensor x_nat, *, float eps, str norm=\"linf\", "
+      "float clip_min=0., float clip_max=1.) -> ()");
+  // Per-sample cross-entropy, margin, EL2N, entropy, confidence (float32) and correct (bool).
+  m.def(
+      "sample_scores(Tensor logits, Tensor labels) -> (Tensor loss, Tensor margin, Tensor el2n, "
+      "Tensor entropy, Tensor confidence, Tensor correct)");
+  // Per-row KL(softmax(p) || softmax(q)) and its gradients to p and q.
+  m.def("kl_rows(Tensor logits_p, Tensor logits_q) -> Tensor");
+  m.def("kl_rows_backward(Tensor grad, Tensor logits_p, Tensor logits_q) -> (Tensor, Tensor)");
+}

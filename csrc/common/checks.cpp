@@ -1,0 +1,132 @@
+#include "checks.h"
+
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/empty_strided.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <string>
+
+namespace advprune {
+namespace {
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_float_tensor(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.defined(), op, ": ", name, " is None; expected a tensor");
+  TORCH_CHECK_TYPE(t.layout() == at::kStrided, op, ": ", name,
+                   " must be a dense (strided) tensor, got layout ", t.layout());
+  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": ", name,
+                   " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+}
+
+void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x_adv) {
+  check_float_tensor(op, name, t);
+  TORCH_CHECK_VALUE(t.sizes() == x_adv.sizes(), op, ": ", name, " has shape ", t.sizes(),
+                    " but x_adv has shape ", x_adv.sizes(), "; they must match");
+  TORCH_CHECK_TYPE(t.scalar_type() == x_adv.scalar_type(), op, ": ", name, " has dtype ",
+                   t.scalar_type(), " but x_adv has dtype ", x_adv.scalar_type(),
+                   "; they must match");
+  TORCH_CHECK_VALUE(t.device() == x_adv.device(), op, ": ", name, " is on ", t.device(),
+                    " but x_adv is on ", x_adv.device(), "; they must be on the same device");
+}
+
+// Dense, with each slice along dim 0 one contiguous block.
+bool is_sample_blocked(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return false;
+  if (t.dim() == 0 || t.size(0) <= 1) return true;
+  return t.stride(0) == t.numel() / t.size(0);
+}
+
+at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
+  if (t.strides() == like.strides()) return t;
+  return at::empty_strided(like.sizes(), like.strides(), t.options()).copy_(t);
+}
+
+}  // namespace
+
+Norm parse_norm(c10::string_view norm, const char* op) {
+  if (norm == "linf") return Norm::Linf;
+  if (norm == "l2") return Norm::L2;
+  TORCH_CHECK_VALUE(false, op, ": norm must be \"linf\" or \"l2\", got \"", std::string(norm), "\"");
+}
+
+void check_pgd_args(const char* op, const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,
+                    const at::Tensor& x_nat, double eps, std::optional<double> step_size,
+                    double clip_min, double clip_max) {
+  check_float_tensor(op, "x_adv", x_adv);
+  TORCH_CHECK_VALUE(x_adv.dim() >= 1, op,
+                    ": x_adv must have a batch dimension (dim 0), got a 0-d tensor");
+  if (grad.has_value()) check_like(op, "grad", *grad, x_adv);
+  check_like(op, "x_nat", x_nat, x_adv);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", eps);
+  if (step_size.has_value()) {
+    TORCH_CHECK_VALUE(std::isfinite(*step_size) && *step_size >= 0, op,
+                      ": step_size must be finite and >= 0, got ", *step_size);
+  }
+  TORCH_CHECK_VALUE(!std::isnan(clip_min) && !std::isnan(clip_max) && clip_min <= clip_max, op,
+                    ": clip_min must be <= clip_max, got clip_min=", clip_min,
+                    " and clip_max=", clip_max);
+}
+
+PgdOperands prepare_pgd(const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,
+                        const at::Tensor& x_nat) {
+  PgdOperands ops;
+  ops.write_back = !is_sample_blocked(x_adv);
+  ops.x = ops.write_back ? x_adv.contiguous() : x_adv;
+  if (grad.has_value()) ops.grad = in_layout_of(*grad, ops.x);
+  ops.x_nat = in_layout_of(x_nat, ops.x);
+  ops.rows = ops.x.size(0);
+  ops.row_size = ops.rows == 0 ? 0 : ops.x.numel() / ops.rows;
+  return ops;
+}
+
+void finish_pgd(const at::Tensor& x_adv, const PgdOperands& operands) {
+  if (operands.write_back) x_adv.copy_(operands.x);
+}
+
+void check_scores_args(const at::Tensor& logits, const at::Tensor& labels) {
+  constexpr const char* op = "advprune.sample_scores";
+  check_float_tensor(op, "logits", logits);
+  TORCH_CHECK_VALUE(logits.dim() == 2, op, ": logits must be 2-D [N, C], got shape ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(logits.size(1) >= 2, op, ": logits need at least 2 classes, got shape ",
+                    logits.sizes());
+  TORCH_CHECK_TYPE(labels.defined(), op, ": labels is None; expected an int64 tensor");
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ",
+                   labels.scalar_type());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == logits.size(0), op,
+                    ": labels must have shape [", logits.size(0), "] to match logits ",
+                    logits.sizes(), ", got ", labels.sizes());
+  TORCH_CHECK_VALUE(labels.device() == logits.device(), op, ": labels are on ", labels.device(),
+                    " but logits are on ", logits.device());
+  if (labels.numel() > 0) {
+    // One small reduction (a device sync on CUDA) buys a clear error instead of
+    // a device-side assert that would end the CUDA context.
+    auto [lo, hi] = at::aminmax(labels);
+    const int64_t min_label = lo.item<int64_t>();
+    const int64_t max_label = hi.item<int64_t>();
+    TORCH_CHECK_VALUE(min_label >= 0 && max_label < logits.size(1), op,
+                      ": labels must lie in [0, ", logits.size(1), "), got values from ",
+                      min_label, " to ", max_label);
+  }
+}
+
+void check_kl_args(const char* op, const at::Tensor& logits_p, const at::Tensor& logits_q) {
+  check_float_tensor(op, "logits_p", logits_p);
+  check_float_tensor(op, "logits_q", logits_q);
+  TORCH_CHECK_VALUE(logits_p.dim() == 2, op, ": logits_p must be 2-D [N, C], got shape ",
+                    logits_p.sizes());
+  TORCH_CHECK_VALUE(logits_p.size(1) >= 2, op, ": logits need at least 2 classes, got shape ",
+                    logits_p.sizes());
+  TORCH_CHECK_VALUE(logits_q.sizes() == logits_p.sizes(), op, ": logits_q has shape ",
+                    logits_q.sizes(), " but logits_p has shape ", logits_p.sizes());
+  TORCH_CHECK_TYPE(logits_q.scalar_type() == logits_p.scalar_type(), op, ": logits_q has dtype ",
+                   logits_q.scalar_type(), " but logits_p has dtype ", logits_p.scalar_type());
+  TORCH_CHECK_VALUE(logits_q.device() == logits_p.device(), op, ": logits_q is on ",
+                    logits_q.device(), " but logits_p is on ", logits_p.device());
+}
+
+}  // namespace advprune

@@ -1,0 +1,49 @@
+// Argument checks and operand layout shared by the CPU and CUDA kernels.
+//
+// Every op validates all of its inputs here before it writes anything, and
+// raises ValueError / TypeError (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE) with the
+// received shapes, dtypes and values in the message.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+
+namespace advprune {
+
+enum class Norm { Linf, L2 };
+
+// "linf" or "l2"; anything else is a ValueError naming what was received.
+Norm parse_norm(c10::string_view norm, const char* op);
+
+// Checks the PGD operands and scalars; grad is absent for project_.
+void check_pgd_args(const char* op, const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,
+                    const at::Tensor& x_nat, double eps, std::optional<double> step_size,
+                    double clip_min, double clip_max);
+
+// The PGD operands in one dense layout in which each sample (slice along dim 0)
+// is one contiguous block of row_size elements. When x_adv itself has such a
+// layout, x aliases it and the kernel writes in place; otherwise x is a
+// contiguous copy that finish() copies back.
+struct PgdOperands {
+  at::Tensor x;
+  at::Tensor grad;  // undefined for project_
+  at::Tensor x_nat;
+  int64_t rows = 0;
+  int64_t row_size = 0;
+  bool write_back = false;
+};
+
+PgdOperands prepare_pgd(const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,
+                        const at::Tensor& x_nat);
+
+void finish_pgd(const at::Tensor& x_adv, const PgdOperands& operands);
+
+// logits [N, C] floating with C >= 2, labels int64 [N] in [0, C), same device.
+void check_scores_args(const at::Tensor& logits, const at::Tensor& labels);
+
+// Two floating [N, C] logit tensors of the same shape, dtype and device, C >= 2.
+void check_kl_args(const char* op, const at::Tensor& logits_p, const at::Tensor& logits_q);
+
+}  // namespace advprune

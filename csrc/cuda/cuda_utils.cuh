@@ -1,0 +1,75 @@
+// Small CUDA helpers of the advprune kernels: launch sizes, aligned vector
+// packs, warp and block reductions. The math itself is in advprune/math.h.
+#pragma once
+
+// c10's CUDA headers only: ATen/cuda/CUDAContext.h would pull in cuBLAS and
+// cuSPARSE headers, which a minimal toolkit does not have.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdint>
+
+namespace advprune::cuda {
+
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+constexpr int kWarp = 32;
+
+// VEC elements moved by one 16-byte (or smaller) load or store.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+// Elements per 16-byte pack when every pointer is 16-byte aligned, else 1.
+template <typename T>
+inline int pack_width(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs) {
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
+  }
+  return static_cast<int>(16 / sizeof(T));
+}
+
+// Enough blocks to fill the device a few times over; kernels grid-stride past that.
+inline int64_t grid_for(int64_t work_items, int threads) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  const int64_t wanted = (work_items + threads - 1) / threads;
+  return std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t{sms} * 16));
+}
+
+template <typename T>
+__device__ inline T warp_sum(T v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+template <typename T>
+__device__ inline T warp_max(T v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const T o = __shfl_down_sync(0xffffffffu, v, offset);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
+// Sum over the block, valid in thread 0. blockDim.x must be a multiple of 32, at most 1024.
+template <typename T>
+__device__ inline T block_sum(T v) {
+  __shared__ T partial[kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  v = warp_sum(v);
+  __syncthreads();  // partial may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x / kWarp;
+  v = (threadIdx.x < warps) ? partial[threadIdx.x] : T(0);
+  if (warp == 0) v = warp_sum(v);
+  return v;
+}
+
+}  // namespace advprune::cuda

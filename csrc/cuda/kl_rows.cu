@@ -1,0 +1,130 @@
+// CUDA kernels of advprune::kl_rows and its fused backward: one warp per row,
+// the row maxima, then the sums of the header's KL formula; the backward
+// recomputes both and writes the two gradients in a third pass.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <advprune/math.h>
+
+#include <tuple>
+
+#include "../common/checks.h"
+#include "cuda_utils.cuh"
+
+namespace advprune::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRowsPerBlock = kThreads / kWarp;
+
+template <typename A>
+struct RowKl {
+  A mp, mq;
+  math::KlSums<A> s;
+};
+
+// The row statistics, identical in every lane of the warp.
+template <typename scalar_t>
+__device__ inline RowKl<at::opmath_type<scalar_t>> row_kl(const scalar_t* p, const scalar_t* q, int64_t c,
+                                                          int lane) {
+  using A = at::opmath_type<scalar_t>;
+  A mp = -INFINITY, mq = -INFINITY;
+  for (int64_t j = lane; j < c; j += kWarp) {
+    mp = math::maximum(mp, static_cast<A>(p[j]));
+    mq = math::maximum(mq, static_cast<A>(q[j]));
+  }
+  mp = __shfl_sync(0xffffffffu, warp_max(mp), 0);
+  mq = __shfl_sync(0xffffffffu, warp_max(mq), 0);
+  math::KlSums<A> s{A(0), A(0), A(0)};
+  for (int64_t j = lane; j < c; j += kWarp) math::kl_update(s, static_cast<A>(p[j]), static_cast<A>(q[j]), mp, mq);
+  s.sp = __shfl_sync(0xffffffffu, warp_sum(s.sp), 0);
+  s.sq = __shfl_sync(0xffffffffu, warp_sum(s.sq), 0);
+  s.a = __shfl_sync(0xffffffffu, warp_sum(s.a), 0);
+  return {mp, mq, s};
+}
+
+template <typename scalar_t>
+__global__ void kl_kernel(const scalar_t* __restrict__ p, const scalar_t* __restrict__ q, int64_t n,
+                          int64_t c, scalar_t* __restrict__ out) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  if (row >= n) return;  // row is uniform in a warp
+  const auto k = row_kl(p + row * c, q + row * c, c, lane);
+  if (lane == 0) out[row] = static_cast<scalar_t>(math::kl_value(k.s, k.mp, k.mq));
+}
+
+template <typename scalar_t>
+__global__ void kl_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ p,
+                                   const scalar_t* __restrict__ q, int64_t n, int64_t c,
+                                   scalar_t* __restrict__ dp, scalar_t* __restrict__ dq) {
+  using A = at::opmath_type<scalar_t>;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  if (row >= n) return;
+  const int64_t base = row * c;
+  const auto k = row_kl(p + base, q + base, c, lane);
+  const A gap = math::kl_lse_gap(k.s, k.mp, k.mq);
+  const A kl = math::kl_value(k.s, k.mp, k.mq);
+  const A g = static_cast<A>(grad[row]);
+  for (int64_t j = lane; j < c; j += kWarp) {
+    A dpj, dqj;
+    math::kl_grad(g, static_cast<A>(p[base + j]), static_cast<A>(q[base + j]), k.mp, k.mq, k.s.sp, k.s.sq, gap,
+                  kl, dpj, dqj);
+    dp[base + j] = static_cast<scalar_t>(dpj);
+    dq[base + j] = static_cast<scalar_t>(dqj);
+  }
+}
+
+at::Tensor kl_rows_cuda(const at::Tensor& p_in, const at::Tensor& q_in) {
+  check_kl_args("advprune.kl_rows", p_in, q_in);
+  TORCH_CHECK_VALUE(p_in.is_cuda(), "advprune.kl_rows: the CUDA kernel got logits on ", p_in.device());
+  const c10::cuda::CUDAGuard guard(p_in.device());
+  const at::Tensor p = p_in.contiguous(), q = q_in.contiguous();
+  at::Tensor out = at::empty({p.size(0)}, p.options());
+  if (p.numel() == 0) return out;
+  const int64_t blocks = (p.size(0) + kRowsPerBlock - 1) / kRowsPerBlock;
+  const cudaStream_t stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "kl_rows_cuda", [&] {
+    kl_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(p.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(),
+                                                         p.size(0), p.size(1), out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> kl_rows_backward_cuda(const at::Tensor& grad_in, const at::Tensor& p_in,
+                                                         const at::Tensor& q_in) {
+  constexpr const char* op = "advprune.kl_rows_backward";
+  check_kl_args(op, p_in, q_in);
+  TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == p_in.size(0), op, ": grad must have shape [",
+                    p_in.size(0), "], got ", grad_in.sizes());
+  TORCH_CHECK_VALUE(p_in.is_cuda() && grad_in.device() == p_in.device(), op,
+                    ": the CUDA kernel got tensors on ", p_in.device(), " and ", grad_in.device());
+  const c10::cuda::CUDAGuard guard(p_in.device());
+  const at::Tensor p = p_in.contiguous(), q = q_in.contiguous();
+  const at::Tensor g = grad_in.to(p.scalar_type()).contiguous();
+  at::Tensor dp = at::empty_like(p), dq = at::empty_like(q);
+  if (p.numel() == 0) return {dp, dq};
+  const int64_t blocks = (p.size(0) + kRowsPerBlock - 1) / kRowsPerBlock;
+  const cudaStream_t stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "kl_rows_backward_cuda", [&] {
+    kl_backward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        g.const_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), p.size(0),
+        p.size(1), dp.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {dp, dq};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(advprune, CUDA, m) {
+  m.impl("kl_rows", &kl_rows_cuda);
+  m.impl("kl_rows_backward", &kl_rows_backward_cuda);
+}
+
+}  // namespace advprune::cuda
