@@ -83,7 +83,7 @@ if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.i
 isa = cpu_isa()
 
 sources = sorted(str(p.relative_to(ROOT)) for p in [ROOT / "csrc/advprune.cpp", *ROOT.glob("csrc/common/*.cpp"), *ROOT.glob("csrc/cpu/*.cpp")])
-cxx_flags = ["-O3", "-fvisibility=hidden"]
+cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]  # at::parallel_for is OpenMP inline code
 if isa == "avx2":
     cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 extra = {"cxx": cxx_flags}
@@ -91,9 +91,11 @@ include_dirs = [str(ROOT / "csrc/include")]
 if with_cuda:
     sources += sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("csrc/cuda/*.cu"))
     extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-    ext = CUDAExtension("advprune._C", sources, include_dirs=include_dirs, extra_compile_args=extra)
+    ext = CUDAExtension("advprune._C", sources, include_dirs=include_dirs, extra_compile_args=extra,
+                        extra_link_args=["-fopenmp"])
 else:
-    ext = CppExtension("advprune._C", sources, include_dirs=include_dirs, extra_compile_args=extra)
+    ext = CppExtension("advprune._C", sources, include_dirs=include_dirs, extra_compile_args=extra,
+                        extra_link_args=["-fopenmp"])
 
 
 class Build(BuildExtension):

@@ -27,6 +27,23 @@ def check_norm(op: str, norm: object) -> str:
     return norm  # type: ignore[return-value]
 
 
+def check_pgd_scalars(op: str, eps: float, step_size: float | None, clip_min: float, clip_max: float) -> None:
+    """eps and step_size finite and >= 0, clip_min <= clip_max."""
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{op}: eps must be finite and >= 0, got {eps}")
+    if step_size is not None and not (math.isfinite(step_size) and step_size >= 0):
+        raise ValueError(f"{op}: step_size must be finite and >= 0, got {step_size}")
+    if not (clip_min <= clip_max):
+        raise ValueError(f"{op}: clip_min must be <= clip_max, got clip_min={clip_min} and clip_max={clip_max}")
+
+
+def check_tensor_args(op: str, **tensors: object) -> None:
+    """Each named argument is a tensor (the schema's own error would not say which op)."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+
+
 def _check_float_tensor(op: str, name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
@@ -68,12 +85,7 @@ def check_pgd(
     if grad is not None:
         _check_like(op, "grad", grad, x_adv)
     _check_like(op, "x_nat", x_nat, x_adv)
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"{op}: eps must be finite and >= 0, got {eps}")
-    if step_size is not None and not (math.isfinite(step_size) and step_size >= 0):
-        raise ValueError(f"{op}: step_size must be finite and >= 0, got {step_size}")
-    if not (clip_min <= clip_max):
-        raise ValueError(f"{op}: clip_min must be <= clip_max, got clip_min={clip_min} and clip_max={clip_max}")
+    check_pgd_scalars(op, eps, step_size, clip_min, clip_max)
 
 
 def check_scores(logits: object, labels: object, *, check_values: bool = True) -> None:

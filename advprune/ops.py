@@ -119,6 +119,8 @@ def pgd_step_(
     clip_min = _checks.check_number(op, "clip_min", clip_min)
     clip_max = _checks.check_number(op, "clip_max", clip_max)
     _checks.check_norm(op, norm)
+    _checks.check_pgd_scalars(op, eps, step_size, clip_min, clip_max)
+    _checks.check_tensor_args(op, x_adv=x_adv, grad=grad, x_nat=x_nat)
     if not _EXT:
         return reference.pgd_step_(
             x_adv, grad, x_nat, eps=eps, step_size=step_size, norm=norm, clip_min=clip_min, clip_max=clip_max
@@ -144,6 +146,8 @@ def project_(
     clip_min = _checks.check_number(op, "clip_min", clip_min)
     clip_max = _checks.check_number(op, "clip_max", clip_max)
     _checks.check_norm(op, norm)
+    _checks.check_pgd_scalars(op, eps, None, clip_min, clip_max)
+    _checks.check_tensor_args(op, x_adv=x_adv, x_nat=x_nat)
     if not _EXT:
         return reference.project_(x_adv, x_nat, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     torch.ops.advprune.project_(x_adv, x_nat, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
@@ -156,6 +160,7 @@ def sample_scores(logits: torch.Tensor, labels: torch.Tensor) -> SampleScores:
     One fused pass per row, max-subtracted, accumulated in float32 (float64 for
     float64 logits). Not differentiable: these are scores, not a training loss.
     """
+    _checks.check_tensor_args("advprune.sample_scores", logits=logits, labels=labels)
     if not _EXT:
         return reference.sample_scores(logits, labels)
     return SampleScores(*torch.ops.advprune.sample_scores(logits, labels))
@@ -163,6 +168,7 @@ def sample_scores(logits: torch.Tensor, labels: torch.Tensor) -> SampleScores:
 
 def kl_rows(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """Per-row KL(softmax(p) || softmax(q)) of two [N, C] logit tensors, differentiable in both."""
+    _checks.check_tensor_args("advprune.kl_rows", logits_p=logits_p, logits_q=logits_q)
     if not _EXT:
         return reference.kl_rows(logits_p, logits_q)
     return torch.ops.advprune.kl_rows(logits_p, logits_q)

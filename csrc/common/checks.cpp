@@ -10,6 +10,23 @@
 namespace advprune {
 namespace {
 
+// The dtype as Python spells it (torch.float32), so messages read the same from both sides.
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
@@ -19,7 +36,7 @@ void check_float_tensor(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.layout() == at::kStrided, op, ": ", name,
                    " must be a dense (strided) tensor, got layout ", t.layout());
   TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": ", name,
-                   " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+                   " must be float32, float64, float16 or bfloat16, got ", dtype_name(t.scalar_type()));
 }
 
 void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x_adv) {
@@ -27,7 +44,7 @@ void check_like(const char* op, const char* name, const at::Tensor& t, const at:
   TORCH_CHECK_VALUE(t.sizes() == x_adv.sizes(), op, ": ", name, " has shape ", t.sizes(),
                     " but x_adv has shape ", x_adv.sizes(), "; they must match");
   TORCH_CHECK_TYPE(t.scalar_type() == x_adv.scalar_type(), op, ": ", name, " has dtype ",
-                   t.scalar_type(), " but x_adv has dtype ", x_adv.scalar_type(),
+                   dtype_name(t.scalar_type()), " but x_adv has dtype ", dtype_name(x_adv.scalar_type()),
                    "; they must match");
   TORCH_CHECK_VALUE(t.device() == x_adv.device(), op, ": ", name, " is on ", t.device(),
                     " but x_adv is on ", x_adv.device(), "; they must be on the same device");
@@ -96,7 +113,7 @@ void check_scores_args(const at::Tensor& logits, const at::Tensor& labels) {
                     logits.sizes());
   TORCH_CHECK_TYPE(labels.defined(), op, ": labels is None; expected an int64 tensor");
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ",
-                   labels.scalar_type());
+                   dtype_name(labels.scalar_type()));
   TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == logits.size(0), op,
                     ": labels must have shape [", logits.size(0), "] to match logits ",
                     logits.sizes(), ", got ", labels.sizes());
@@ -124,7 +141,8 @@ void check_kl_args(const char* op, const at::Tensor& logits_p, const at::Tensor&
   TORCH_CHECK_VALUE(logits_q.sizes() == logits_p.sizes(), op, ": logits_q has shape ",
                     logits_q.sizes(), " but logits_p has shape ", logits_p.sizes());
   TORCH_CHECK_TYPE(logits_q.scalar_type() == logits_p.scalar_type(), op, ": logits_q has dtype ",
-                   logits_q.scalar_type(), " but logits_p has dtype ", logits_p.scalar_type());
+                   dtype_name(logits_q.scalar_type()), " but logits_p has dtype ",
+                   dtype_name(logits_p.scalar_type()));
   TORCH_CHECK_VALUE(logits_q.device() == logits_p.device(), op, ": logits_q is on ",
                     logits_q.device(), " but logits_p is on ", logits_p.device());
 }

@@ -1,7 +1,7 @@
 // CPU kernel of advprune::sample_scores: per-row loss, margin, EL2N, entropy,
-// confidence and correctness from one read of the logits. Rows are handled in
-// blocks that stay in L1: the maxima per row, then exp(z - max) of the whole
-// block in one vectorised sweep, then the per-row sums over that buffer.
+// confidence and correctness from one read of the logits. With few classes a
+// vector holds one row per lane (the header's formulas run on rows in
+// parallel); with many, each row is swept with vectors, the row staying in L1.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -17,80 +17,145 @@
 namespace advprune::cpu {
 namespace {
 
-constexpr int64_t kBlockElements = 2048;
+// Rows with at most this many classes are scored a vector of rows at a time.
+constexpr int64_t kMaxLaneClasses = 16;
+constexpr int64_t kRowGrainElements = 8192;
 
+struct Outputs {
+  float* loss;
+  float* margin;
+  float* el2n;
+  float* entropy;
+  float* confidence;
+  bool* correct;
+};
+
+// Few classes: lane r of every vector is row r of a group of Vec::size() rows,
+// so the header's formulas run on whole vectors of rows.
 template <typename A>
-math::RowMax<A> row_max(const A* z, int64_t c, int64_t y) {
-  math::RowMax<A> m = math::row_max_init<A>();
-  if (c < 2 * Vec<A>::size()) {
-    for (int64_t j = 0; j < c; ++j) math::row_max_update(m, z[j], j, y);
-    return m;
+void score_row_group(const A* z, const int64_t* labels, int64_t rows, int64_t c, int64_t first,
+                     const Outputs& out) {
+  using V = Vec<A>;
+  constexpr int64_t W = V::size();
+  alignas(64) A col[kMaxLaneClasses][W];
+  alignas(64) A yf[W];
+  for (int64_t r = 0; r < W; ++r) {
+    yf[r] = r < rows ? static_cast<A>(labels[r]) : A(-1);
+    for (int64_t j = 0; j < c; ++j) col[j][r] = r < rows ? z[r * c + j] : A(0);
   }
+  const V y = V::loadu(yf), minus_inf(-std::numeric_limits<A>::infinity()), none(A(-1));
+  V max = V::loadu(col[0]);
+  for (int64_t j = 1; j < c; ++j) max = math::maximum(max, V::loadu(col[j]));
+  V z_y = minus_inf, other_max = minus_inf, argmax = none;
+  for (int64_t j = 0; j < c; ++j) {
+    const V zj = V::loadu(col[j]), jv(static_cast<A>(j));
+    const V is_y = jv == y;
+    z_y = V::blendv(z_y, zj, is_y);
+    other_max = math::maximum(other_max, V::blendv(zj, minus_inf, is_y));
+    argmax = V::blendv(argmax, jv, (zj == max) & (argmax == none));  // first index of the max
+  }
+  const V zero(A(0));
+  V se = zero, se2 = zero, set = zero;
+  for (int64_t j = 0; j < c; ++j) {
+    const V t = V::loadu(col[j]) - max;
+    const V keep = V(static_cast<A>(j)) != y;
+    math::row_sums_add(se, se2, set, math::exponential(t) & keep, t & keep);
+  }
+  V loss, margin, el2n, entropy, confidence;
+  math::scores_from_sums(z_y, max, other_max, se, se2, set, loss, margin, el2n, entropy, confidence);
+  alignas(64) A lanes[6][W];
+  loss.store(lanes[0]);
+  margin.store(lanes[1]);
+  el2n.store(lanes[2]);
+  entropy.store(lanes[3]);
+  confidence.store(lanes[4]);
+  (argmax == y).store(lanes[5]);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = first + r;
+    out.loss[i] = static_cast<float>(lanes[0][r]);
+    out.margin[i] = static_cast<float>(lanes[1][r]);
+    out.el2n[i] = static_cast<float>(lanes[2][r]);
+    out.entropy[i] = static_cast<float>(lanes[3][r]);
+    out.confidence[i] = static_cast<float>(lanes[4][r]);
+    out.correct[i] = lanes[5][r] != A(0);  // an all-ones lane is a NaN pattern, not 0
+  }
+}
+
+// Index of the first element equal to value (c if none: a NaN row).
+template <typename A>
+int64_t first_index_of(const A* z, int64_t c, A value) {
+  constexpr int64_t W = Vec<A>::size();
+  const Vec<A> v(value);
+  int64_t j = 0;
+  for (; j + W <= c; j += W) {
+    const int mask = ~(Vec<A>::loadu(z + j) == v).zero_mask() & ((1 << W) - 1);
+    if (mask != 0) return j + __builtin_ctz(mask);
+  }
+  for (; j < c; ++j) {
+    if (z[j] == value) return j;
+  }
+  return c;
+}
+
+// sums of e = exp(z - max) and its products over z[0, n), vectorised with masked tails.
+template <typename A>
+void add_exp_range(Vec<A>& se, Vec<A>& se2, Vec<A>& set, const A* z, int64_t n, const Vec<A>& max) {
+  constexpr int64_t W = Vec<A>::size();
+  const Vec<A> zero(A(0));
+  for (int64_t j = 0; j < n; j += W) {
+    const int64_t count = std::min(W, n - j);
+    const Vec<A> t = Vec<A>::loadu(z + j, count) - max;
+    Vec<A> e = math::exponential(t), e2 = zero, et = zero, e1 = zero;
+    math::row_sums_add(e1, e2, et, e, t);
+    se = add_first(se, e1, count);
+    se2 = add_first(se2, e2, count);
+    set = add_first(set, et, count);
+  }
+}
+
+// Many classes: one row at a time, each pass a vector sweep of the row (in L1).
+template <typename A>
+void score_row(const A* z, int64_t y, int64_t c, int64_t i, const Outputs& out) {
+  math::RowMax<A> m;
   m.z_y = z[y];
   m.other_max = std::max(range_max(z, y), range_max(z + y + 1, c - y - 1));
   m.max = math::maximum(m.other_max, m.z_y);
-  m.argmax = 0;
-  while (m.argmax < c && !(z[m.argmax] == m.max)) ++m.argmax;  // first index of the max
-  if (m.argmax == c) m.argmax = -1;                             // NaN row: nothing is correct
-  return m;
-}
-
-// Sums of e and its products over [0, n) of the exp buffer, vectorised.
-template <typename A>
-void add_range(math::RowSums<A>& s, const A* e, const A* t, int64_t n) {
-  if (n < Vec<A>::size()) {
-    for (int64_t j = 0; j < n; ++j) math::row_sums_add(s.sum_exp, s.sum_exp_sq, s.sum_exp_shift, e[j], t[j]);
-    return;
-  }
-  const Vec<A> zero(A(0));
+  m.argmax = first_index_of(z, c, m.max);
+  const Vec<A> zero(A(0)), max(m.max);
   Vec<A> se = zero, se2 = zero, set = zero;
-  for_each_chunk2(e, t, n, [&](Vec<A> ev, Vec<A> tv, int64_t, int64_t) {
-    math::row_sums_add(se, se2, set, ev, tv);  // zero-filled tail lanes add 0
-  });
-  s.sum_exp += lane_sum(se);
-  s.sum_exp_sq += lane_sum(se2);
-  s.sum_exp_shift += lane_sum(set);
+  add_exp_range(se, se2, set, z, y, max);
+  add_exp_range(se, se2, set, z + y + 1, c - y - 1, max);
+  const math::RowSums<A> s{lane_sum(se), lane_sum(se2), lane_sum(set)};
+  const auto r = math::row_scores(m, s, y);
+  out.loss[i] = static_cast<float>(r.loss);
+  out.margin[i] = static_cast<float>(r.margin);
+  out.el2n[i] = static_cast<float>(r.el2n);
+  out.entropy[i] = static_cast<float>(r.entropy);
+  out.confidence[i] = static_cast<float>(r.confidence);
+  out.correct[i] = r.correct;
 }
 
 template <typename scalar_t>
-void scores_kernel(const at::Tensor& logits, const at::Tensor& labels, float* loss, float* margin,
-                   float* el2n, float* entropy, float* confidence, bool* correct) {
+void scores_kernel(const at::Tensor& logits, const at::Tensor& labels, const Outputs& out) {
   using A = at::opmath_type<scalar_t>;
+  constexpr int64_t W = Vec<A>::size();
   const int64_t n = logits.size(0), c = logits.size(1);
   const scalar_t* z_all = logits.const_data_ptr<scalar_t>();
   const int64_t* y_all = labels.const_data_ptr<int64_t>();
-  const int64_t block_rows = std::max<int64_t>(1, kBlockElements / c);
-  at::parallel_for(0, n, block_rows, [&](int64_t begin, int64_t end) {
-    const int64_t cap = block_rows * c;
-    std::vector<A> zbuf(std::is_same_v<scalar_t, A> ? 0 : cap), t(cap), e(cap);
-    std::vector<math::RowMax<A>> maxima(block_rows);
-    for (int64_t b0 = begin; b0 < end; b0 += block_rows) {
-      const int64_t rows = std::min(block_rows, end - b0);
-      const int64_t len = rows * c;
-      const A* z = as_opmath(z_all + b0 * c, len, zbuf.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        const A* zr = z + r * c;
-        maxima[r] = row_max(zr, c, y_all[b0 + r]);
-        const A mx = maxima[r].max;
-        for (int64_t j = 0; j < c; ++j) t[r * c + j] = zr[j] - mx;
-      }
-      // exp of the whole block in one vectorised sweep
-      at::vec::map([](Vec<A> v) { return v.exp(); }, e.data(), t.data(), len);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t y = y_all[b0 + r];
-        const A* er = e.data() + r * c;
-        const A* tr = t.data() + r * c;
-        math::RowSums<A> s{A(0), A(0), A(0)};
-        add_range(s, er, tr, y);  // j < y
-        add_range(s, er + y + 1, tr + y + 1, c - y - 1);  // j > y
-        const auto out = math::row_scores(maxima[r], s, y);
-        const int64_t i = b0 + r;
-        loss[i] = static_cast<float>(out.loss);
-        margin[i] = static_cast<float>(out.margin);
-        el2n[i] = static_cast<float>(out.el2n);
-        entropy[i] = static_cast<float>(out.entropy);
-        confidence[i] = static_cast<float>(out.confidence);
-        correct[i] = out.correct;
+  const bool lanes = c <= kMaxLaneClasses;
+  const int64_t step = lanes ? W : 1;  // rows per unit of work
+  const int64_t units = (n + step - 1) / step;
+  const int64_t grain = std::max<int64_t>(1, kRowGrainElements / (c * step));
+  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
+    std::vector<A> buffer(std::is_same_v<scalar_t, A> ? 0 : step * c);
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t first = u * step;
+      const int64_t rows = std::min(step, n - first);
+      const A* z = as_opmath(z_all + first * c, rows * c, buffer.data());
+      if (lanes) {
+        score_row_group(z, y_all + first, rows, c, first, out);
+      } else {
+        score_row(z, y_all[first], c, first, out);
       }
     }
   });
@@ -110,9 +175,10 @@ sample_scores_cpu(const at::Tensor& logits_in, const at::Tensor& labels_in) {
              correct = at::empty({n}, logits.options().dtype(at::kBool));
   if (n > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "sample_scores", [&] {
-      scores_kernel<scalar_t>(logits, labels, loss.data_ptr<float>(), margin.data_ptr<float>(),
-                              el2n.data_ptr<float>(), entropy.data_ptr<float>(),
-                              confidence.data_ptr<float>(), correct.data_ptr<bool>());
+      const Outputs out{loss.data_ptr<float>(),    margin.data_ptr<float>(),
+                        el2n.data_ptr<float>(),    entropy.data_ptr<float>(),
+                        confidence.data_ptr<float>(), correct.data_ptr<bool>()};
+      scores_kernel<scalar_t>(logits, labels, out);
     });
   }
   return {loss, margin, el2n, entropy, confidence, correct};

@@ -27,7 +27,10 @@ using Vec = at::vec::Vectorized<T>;
     return ((g > zero) & one) - ((g < zero) & one);                                 \
   }                                                                                 \
   inline Vec<T> zero_if_nan(const Vec<T>& g) { return g & (g == g); }               \
-  inline Vec<T> exponential(const Vec<T>& x) { return x.exp(); }
+  inline Vec<T> exponential(const Vec<T>& x) { return x.exp(); }                   \
+  inline Vec<T> expm1_(const Vec<T>& x) { return x.expm1(); }                       \
+  inline Vec<T> log1p_(const Vec<T>& x) { return x.log1p(); }                       \
+  inline Vec<T> sqrt_(const Vec<T>& x) { return x.sqrt(); }
 
 ADVPRUNE_VEC_PRIMITIVES(float)
 ADVPRUNE_VEC_PRIMITIVES(double)

@@ -4,7 +4,8 @@
 // CPU kernels (scalar and at::vec::Vectorized, see cpu/vec_math.h), the CUDA
 // kernels and the C++ unit tests all run the same formulas. The
 // primitives differ per type: maximum, minimum and sign_or_zero; their scalar
-// primitives (maximum, minimum, sign_or_zero, zero_if_nan, exponential) have
+// primitives (maximum, minimum, sign_or_zero, zero_if_nan, exponential, expm1_,
+// log1p_, sqrt_) have
 // scalar versions below and vector ones in cpu/vec_math.h (included first).
 #pragma once
 
@@ -43,6 +44,21 @@ C10_HOST_DEVICE inline T zero_if_nan(T g) {
 template <typename T>
 C10_HOST_DEVICE inline T exponential(T x) {
   return std::exp(x);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T expm1_(T x) {
+  return std::expm1(x);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T log1p_(T x) {
+  return std::log1p(x);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T sqrt_(T x) {
+  return std::sqrt(x);
 }
 
 template <typename T>
@@ -191,6 +207,25 @@ C10_HOST_DEVICE inline RowSums<A> row_sums_merge(RowSums<A> a, RowSums<A> b) {
   return {a.sum_exp + b.sum_exp, a.sum_exp_sq + b.sum_exp_sq, a.sum_exp_shift + b.sum_exp_shift};
 }
 
+// The scores from the row statistics (T may be a vector of rows, one per lane):
+// t_y = z_y - max, e_y = exp(t_y), total = e_y + sum_exp, and
+// log(total) = log1p(expm1(t_y) + sum_exp), exact for a confidently right row.
+template <typename T>
+C10_HOST_DEVICE inline void scores_from_sums(T z_y, T max, T other_max, T sum_exp, T sum_exp_sq,
+                                             T sum_exp_shift, T& loss, T& margin, T& el2n,
+                                             T& entropy, T& confidence) {
+  const T t_y = z_y - max;
+  const T em1 = expm1_(t_y);
+  const T e_y = em1 + T(1);
+  const T total = e_y + sum_exp;
+  const T log_total = log1p_(em1 + sum_exp);
+  loss = log_total - t_y;
+  margin = z_y - other_max;
+  el2n = sqrt_(sum_exp * sum_exp + sum_exp_sq) / total;
+  entropy = log_total - (sum_exp_shift + e_y * t_y) / total;
+  confidence = e_y / total;
+}
+
 template <typename A>
 struct Scores {
   A loss;
@@ -203,17 +238,9 @@ struct Scores {
 
 template <typename A>
 C10_HOST_DEVICE inline Scores<A> row_scores(RowMax<A> m, RowSums<A> s, int64_t y) {
-  const A t_y = m.z_y - m.max;
-  const A e_y = std::exp(t_y);
-  const A total = e_y + s.sum_exp;
-  // log(total): when y holds the maximum, e_y == 1 and log1p keeps a tiny loss exact.
-  const A log_total = (t_y == A(0)) ? std::log1p(s.sum_exp) : std::log(total);
   Scores<A> r;
-  r.loss = log_total - t_y;
-  r.margin = m.z_y - m.other_max;
-  r.el2n = std::sqrt(s.sum_exp * s.sum_exp + s.sum_exp_sq) / total;
-  r.entropy = log_total - (s.sum_exp_shift + e_y * t_y) / total;
-  r.confidence = e_y / total;
+  scores_from_sums(m.z_y, m.max, m.other_max, s.sum_exp, s.sum_exp_sq, s.sum_exp_shift, r.loss,
+                   r.margin, r.el2n, r.entropy, r.confidence);
   r.correct = (m.argmax == y);
   return r;
 }

@@ -1,0 +1,49 @@
+"""Input factories for the op tests: fresh random data, never zeros."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of a kernel against the float64 reference: 1e-6 for float32,
+    two units of rounding for half types (the reference is rounded once too)."""
+    return {
+        torch.float64: 1e-12,
+        torch.float32: 1e-6,
+        torch.float16: 2 * 2.0**-11,
+        torch.bfloat16: 2 * 2.0**-8,
+    }[dtype]
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
+    """Elementwise |a - e| <= rel * (|e| + max |e|): relative to the values and their scale."""
+    actual = actual.detach().double().cpu()
+    expected = expected.detach().double().cpu()
+    assert actual.shape == expected.shape
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * max(scale, 1e-30), equal_nan=True)
+
+
+
+def pgd_inputs(shape, dtype, device, *, generator: torch.Generator, memory_format=torch.contiguous_format):
+    """x_nat in [0, 1], x_adv far outside the ball (every element must be written), grad ~ N(0, 1)."""
+    x_nat = torch.rand(shape, generator=generator, dtype=torch.float64)
+    x_adv = x_nat + 0.5 * torch.randn(shape, generator=generator, dtype=torch.float64)
+    grad = torch.randn(shape, generator=generator, dtype=torch.float64)
+    out = []
+    for t in (x_adv, grad, x_nat):
+        t = t.to(dtype=dtype, device=device)
+        if memory_format is not torch.contiguous_format:
+            t = t.contiguous(memory_format=memory_format)
+        out.append(t)
+    return tuple(out)
+
+
+def logits_and_labels(n, c, dtype, device, *, generator: torch.Generator, scale: float = 3.0):
+    logits = (scale * torch.randn(n, c, generator=generator, dtype=torch.float64)).to(dtype=dtype, device=device)
+    labels = torch.randint(0, c, (n,), generator=generator).to(device)
+    return logits, labels
