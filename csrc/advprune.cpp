@@ -1,13 +1,16 @@
 // Op schemas of the advprune library and the Python module stub that lets
 // `import advprune._C` load them (the kernels register themselves per device).
-#include <Python.h>
 #include <torch/library.h>
+
+#ifndef ADVPRUNE_NO_PYTHON  // the CMake build links the same sources into plain libtorch programs
+#include <Python.h>
 
 // An empty module: importing it runs the static registrations below.
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
+#endif
 
 TORCH_LIBRARY(advprune, m) {
   // In-place PGD update of x_adv (ascent step, projection, clip); returns nothing

@@ -209,16 +209,16 @@ C10_HOST_DEVICE inline RowSums<A> row_sums_merge(RowSums<A> a, RowSums<A> b) {
 
 // The scores from the row statistics (T may be a vector of rows, one per lane):
 // t_y = z_y - max, e_y = exp(t_y), total = e_y + sum_exp, and
-// log(total) = log1p(expm1(t_y) + sum_exp), exact for a confidently right row.
+// log(total) = log1p(expm1(t_y) + sum_exp), which keeps the tiny loss of a
+// confidently right row (t_y = 0) exact.
 template <typename T>
 C10_HOST_DEVICE inline void scores_from_sums(T z_y, T max, T other_max, T sum_exp, T sum_exp_sq,
                                              T sum_exp_shift, T& loss, T& margin, T& el2n,
                                              T& entropy, T& confidence) {
   const T t_y = z_y - max;
-  const T em1 = expm1_(t_y);
-  const T e_y = em1 + T(1);
+  const T e_y = exponential(t_y);  // not expm1 + 1: that loses a small e_y
   const T total = e_y + sum_exp;
-  const T log_total = log1p_(em1 + sum_exp);
+  const T log_total = log1p_(expm1_(t_y) + sum_exp);
   loss = log_total - t_y;
   margin = z_y - other_max;
   el2n = sqrt_(sum_exp * sum_exp + sum_exp_sq) / total;

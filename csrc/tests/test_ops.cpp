@@ -1,0 +1,88 @@
+// The compiled CPU kernels called through the dispatcher from plain libtorch,
+// against ATen composites on random inputs.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdio>
+#include <tuple>
+
+#include "check.h"
+
+namespace {
+
+using Scores = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+void test_pgd_step() {
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow("advprune::pgd_step_", "")
+                .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
+                            c10::string_view, double, double)>();
+  const at::Tensor x_nat = at::rand({8, 3, 17, 19});
+  const at::Tensor x0 = x_nat + 0.3 * at::randn({8, 3, 17, 19});
+  const at::Tensor grad = at::randn({8, 3, 17, 19});
+  at::Tensor x = x0.clone();
+  op.call(x, grad, x_nat, 0.05, 0.02, "linf", 0.0, 1.0);
+  const at::Tensor want = at::clamp(at::min(at::max(x0 + 0.02 * at::sign(grad), x_nat - 0.05), x_nat + 0.05), 0.0, 1.0);
+  CHECK(max_abs_diff(x, want) < 1e-6);
+  // channels_last keeps its layout and its values
+  at::Tensor xc = x0.contiguous(at::MemoryFormat::ChannelsLast);
+  op.call(xc, grad, x_nat, 0.05, 0.02, "linf", 0.0, 1.0);
+  CHECK(xc.is_contiguous(at::MemoryFormat::ChannelsLast));
+  CHECK(max_abs_diff(xc, want) < 1e-6);
+}
+
+void test_sample_scores() {
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow("advprune::sample_scores", "")
+                .typed<Scores(const at::Tensor&, const at::Tensor&)>();
+  for (int64_t c : {3, 10, 100, 1000}) {
+    const at::Tensor logits = 3 * at::randn({97, c});
+    const at::Tensor labels = at::randint(0, c, {97}, at::kLong);
+    const auto [loss, margin, el2n, entropy, confidence, correct] = op.call(logits, labels);
+    const at::Tensor want_loss = at::cross_entropy_loss(logits, labels, {}, at::Reduction::None);
+    CHECK(max_abs_diff(loss, want_loss) < 1e-5);
+    const at::Tensor p = at::softmax(logits, 1);
+    CHECK(max_abs_diff(confidence, p.gather(1, labels.unsqueeze(1)).squeeze(1)) < 1e-6);
+    CHECK(at::equal(correct, logits.argmax(1).eq(labels)));
+    CHECK(max_abs_diff(el2n, (p - at::one_hot(labels, c)).norm(2, {1})) < 1e-6);
+  }
+}
+
+void test_kl_rows() {
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow("advprune::kl_rows", "")
+                .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  const at::Tensor p = 2 * at::randn({33, 10}), q = at::randn({33, 10});
+  const at::Tensor lp = at::log_softmax(p, 1), lq = at::log_softmax(q, 1);
+  const at::Tensor want = (lp.exp() * (lp - lq)).sum(1);
+  CHECK(max_abs_diff(op.call(p, q), want) < 1e-5);
+}
+
+void test_errors_name_what_was_received() {
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow("advprune::sample_scores", "")
+                .typed<Scores(const at::Tensor&, const at::Tensor&)>();
+  bool raised = false;
+  try {
+    op.call(at::randn({4, 5}), at::full({4}, 7, at::kLong));
+  } catch (const c10::ValueError& e) {
+    raised = std::string(e.what()).find("labels must lie in [0, 5), got values from 7 to 7") != std::string::npos;
+  }
+  CHECK(raised);
+}
+
+}  // namespace
+
+int main() {
+  at::manual_seed(0);
+  test_pgd_step();
+  test_sample_scores();
+  test_kl_rows();
+  test_errors_name_what_was_received();
+  if (advprune::testing::failures() == 0) std::printf("test_ops: all checks passed\n");
+  return advprune::testing::failures() == 0 ? 0 : 1;
+}
