@@ -11,48 +11,17 @@ Environment knobs:
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import setup
 
 ROOT = Path(__file__).parent.resolve()
+sys.path.insert(0, str(ROOT / "build_tools"))
+from cuda_env import find_cuda_home  # noqa: E402
+
 DEFAULT_ARCHS = "8.0;9.0+PTX"
-
-
-def _is_toolkit(root: Path) -> bool:
-    """A real toolkit: an nvcc binary (not a wrapper script), headers and libcudart."""
-    nvcc = root / "bin" / "nvcc"
-    if not nvcc.is_file():
-        return False
-    with open(nvcc, "rb") as f:
-        if f.read(2) == b"#!":
-            return False
-    has_lib = any(glob.glob(str(root / d / "libcudart.so*")) for d in ("lib64", "lib", "targets/x86_64-linux/lib"))
-    return (root / "include" / "cuda_runtime.h").is_file() and has_lib
-
-
-def find_cuda_home() -> str | None:
-    """The CUDA toolkit root; torch guesses it from the nvcc on PATH, which may be a wrapper."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(str(Path(nvcc).resolve().parent.parent))
-        try:  # a wrapper script names the real nvcc: ask it where it lives
-            out = subprocess.run(["sh", "-c", f"grep -o '/[^ \"]*/bin/nvcc' {nvcc} | head -1"],
-                                 capture_output=True, text=True, timeout=5).stdout.strip()
-            if out:
-                candidates.append(str(Path(out).resolve().parent.parent))
-        except (OSError, subprocess.SubprocessError):
-            pass
-    candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
-    for c in candidates:
-        if c and _is_toolkit(Path(c).resolve()):
-            return str(Path(c).resolve())
-    return None
 
 
 def cpu_isa() -> str:
@@ -82,7 +51,10 @@ if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.i
     os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS  # no GPU to ask: Ampere and Hopper, PTX for newer
 isa = cpu_isa()
 
-sources = sorted(str(p.relative_to(ROOT)) for p in [ROOT / "csrc/advprune.cpp", *ROOT.glob("csrc/common/*.cpp"), *ROOT.glob("csrc/cpu/*.cpp")])
+sources = sorted(
+    str(p.relative_to(ROOT))
+    for p in [ROOT / "csrc/advprune.cpp", *ROOT.glob("csrc/common/*.cpp"), *ROOT.glob("csrc/cpu/*.cpp")]
+)
 cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]  # at::parallel_for is OpenMP inline code
 if isa == "avx2":
     cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
@@ -91,11 +63,21 @@ include_dirs = [str(ROOT / "csrc/include")]
 if with_cuda:
     sources += sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("csrc/cuda/*.cu"))
     extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-    ext = CUDAExtension("advprune._C", sources, include_dirs=include_dirs, extra_compile_args=extra,
-                        extra_link_args=["-fopenmp"])
+    ext = CUDAExtension(
+        "advprune._C",
+        sources,
+        include_dirs=include_dirs,
+        extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
+    )
 else:
-    ext = CppExtension("advprune._C", sources, include_dirs=include_dirs, extra_compile_args=extra,
-                        extra_link_args=["-fopenmp"])
+    ext = CppExtension(
+        "advprune._C",
+        sources,
+        include_dirs=include_dirs,
+        extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
+    )
 
 
 class Build(BuildExtension):

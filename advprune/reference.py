@@ -60,7 +60,11 @@ def project_(
     if x_adv.numel() == 0:
         return x_adv
     x, n = _opmath(x_adv), _opmath(x_nat)
-    out = _project_linf(x, n, eps, clip_min, clip_max) if norm == "linf" else _project_l2(x, n, eps, clip_min, clip_max)
+    out = (
+        _project_linf(x, n, eps, clip_min, clip_max)
+        if norm == "linf"
+        else _project_l2(x, n, eps, clip_min, clip_max)
+    )
     x_adv.copy_(out)
     return x_adv
 
@@ -72,7 +76,9 @@ def _project_linf(x: torch.Tensor, n: torch.Tensor, eps: float, lo: float, hi: f
 def _project_l2(x: torch.Tensor, n: torch.Tensor, eps: float, lo: float, hi: float) -> torch.Tensor:
     delta = x - n
     dnorm = delta.reshape(delta.shape[0], -1).norm(dim=1)
-    scale = torch.where(dnorm > eps, eps / dnorm.clamp_min(torch.finfo(dnorm.dtype).tiny), torch.ones_like(dnorm))
+    scale = torch.where(
+        dnorm > eps, eps / dnorm.clamp_min(torch.finfo(dnorm.dtype).tiny), torch.ones_like(dnorm)
+    )
     return torch.clamp(n + delta * scale.reshape(-1, *([1] * (x.dim() - 1))), lo, hi)
 
 

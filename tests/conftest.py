@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import advprune
 from advprune import ops
-
 from tests.helpers import DEVICES
 
 

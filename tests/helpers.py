@@ -28,7 +28,6 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float) -
     torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * max(scale, 1e-30), equal_nan=True)
 
 
-
 def pgd_inputs(shape, dtype, device, *, generator: torch.Generator, memory_format=torch.contiguous_format):
     """x_nat in [0, 1], x_adv far outside the ball (every element must be written), grad ~ N(0, 1)."""
     x_nat = torch.rand(shape, generator=generator, dtype=torch.float64)
@@ -44,6 +43,8 @@ def pgd_inputs(shape, dtype, device, *, generator: torch.Generator, memory_forma
 
 
 def logits_and_labels(n, c, dtype, device, *, generator: torch.Generator, scale: float = 3.0):
-    logits = (scale * torch.randn(n, c, generator=generator, dtype=torch.float64)).to(dtype=dtype, device=device)
+    logits = (scale * torch.randn(n, c, generator=generator, dtype=torch.float64)).to(
+        dtype=dtype, device=device
+    )
     labels = torch.randint(0, c, (n,), generator=generator).to(device)
     return logits, labels

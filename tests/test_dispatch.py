@@ -21,8 +21,16 @@ def op_samples(device):
     logits, labels = logits_and_labels(6, 10, torch.float32, device, generator=gen)
     p, q = logits_and_labels(6, 10, torch.float32, device, generator=gen)[0], logits
     return [
-        (torch.ops.advprune.pgd_step_.default, (x_adv, grad, x_nat), dict(eps=0.1, step_size=0.02, norm="linf")),
-        (torch.ops.advprune.pgd_step_.default, (x_adv.clone(), grad, x_nat), dict(eps=0.3, step_size=0.1, norm="l2")),
+        (
+            torch.ops.advprune.pgd_step_.default,
+            (x_adv, grad, x_nat),
+            dict(eps=0.1, step_size=0.02, norm="linf"),
+        ),
+        (
+            torch.ops.advprune.pgd_step_.default,
+            (x_adv.clone(), grad, x_nat),
+            dict(eps=0.3, step_size=0.1, norm="l2"),
+        ),
         (torch.ops.advprune.project_.default, (x_adv.clone(), x_nat), dict(eps=0.1, norm="l2")),
         (torch.ops.advprune.sample_scores.default, (logits, labels), {}),
         (torch.ops.advprune.kl_rows.default, (p.requires_grad_(True), q.clone().requires_grad_(True)), {}),
@@ -69,7 +77,9 @@ def test_fake_tensors_give_shapes_and_check_arguments():
         assert scores[5].dtype == torch.bool
         with pytest.raises(ValueError, match="logits need at least 2 classes"):
             torch.ops.advprune.sample_scores(mode.from_tensor(torch.empty(7, 1)), labels)
-        kl = torch.ops.advprune.kl_rows(mode.from_tensor(torch.empty(3, 4)), mode.from_tensor(torch.empty(3, 4)))
+        kl = torch.ops.advprune.kl_rows(
+            mode.from_tensor(torch.empty(3, 4)), mode.from_tensor(torch.empty(3, 4))
+        )
         assert kl.shape == (3,)
 
 

@@ -46,8 +46,9 @@ def test_project_matches_reference(device, dtype, norm):
 @pytest.mark.parametrize("mixed", [False, True])
 def test_channels_last_keeps_format(device, norm, mixed):
     gen = torch.Generator().manual_seed(11)
-    x_adv, grad, x_nat = pgd_inputs((5, 3, 15, 9), torch.float32, device, generator=gen,
-                                    memory_format=torch.channels_last)
+    x_adv, grad, x_nat = pgd_inputs(
+        (5, 3, 15, 9), torch.float32, device, generator=gen, memory_format=torch.channels_last
+    )
     if mixed:  # grad and x_nat contiguous while x_adv is channels_last
         grad, x_nat = grad.contiguous(), x_nat.contiguous()
     ptr = x_adv.data_ptr()

@@ -21,8 +21,14 @@ def batch(shape, seed, dtype=torch.float32):
     return x_nat, grad, gen
 
 
-@given(shape=shapes, seed=st.integers(0, 2**31 - 1), eps=st.floats(0.0, 0.5), step=st.floats(0.0, 0.3),
-       lo=st.floats(0.0, 0.3), hi=st.floats(0.7, 1.0))
+@given(
+    shape=shapes,
+    seed=st.integers(0, 2**31 - 1),
+    eps=st.floats(0.0, 0.5),
+    step=st.floats(0.0, 0.3),
+    lo=st.floats(0.0, 0.3),
+    hi=st.floats(0.7, 1.0),
+)
 def test_linf_step_stays_in_ball_and_range_and_moves_at_most_step(shape, seed, eps, step, lo, hi):
     x_nat, grad, gen = batch(shape, seed)
     x_nat = x_nat.clamp(lo, hi)
@@ -35,8 +41,13 @@ def test_linf_step_stays_in_ball_and_range_and_moves_at_most_step(shape, seed, e
     assert ((x_adv - start).abs() <= step + tiny).all()
 
 
-@given(shape=shapes, seed=st.integers(0, 2**31 - 1), eps=st.floats(0.0, 3.0), step=st.floats(0.0, 2.0),
-       spread=st.floats(0.0, 4.0))
+@given(
+    shape=shapes,
+    seed=st.integers(0, 2**31 - 1),
+    eps=st.floats(0.0, 3.0),
+    step=st.floats(0.0, 2.0),
+    spread=st.floats(0.0, 4.0),
+)
 def test_l2_step_keeps_delta_norm_within_eps(shape, seed, eps, step, spread):
     x_nat, grad, gen = batch(shape, seed)
     x_adv = x_nat + spread * torch.randn(shape, generator=gen)
@@ -46,8 +57,12 @@ def test_l2_step_keeps_delta_norm_within_eps(shape, seed, eps, step, spread):
     assert ((x_adv >= 0) & (x_adv <= 1)).all()
 
 
-@given(shape=shapes, seed=st.integers(0, 2**31 - 1), eps=st.floats(0.0, 1.0),
-       norm=st.sampled_from(["linf", "l2"]))
+@given(
+    shape=shapes,
+    seed=st.integers(0, 2**31 - 1),
+    eps=st.floats(0.0, 1.0),
+    norm=st.sampled_from(["linf", "l2"]),
+)
 def test_projection_is_idempotent(shape, seed, eps, norm):
     x_nat, grad, _ = batch(shape, seed)
     x_adv = x_nat + grad

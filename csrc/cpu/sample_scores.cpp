@@ -97,20 +97,31 @@ int64_t first_index_of(const A* z, int64_t c, A value) {
   return c;
 }
 
-// sums of e = exp(z - max) and its products over z[0, n), vectorised with masked tails.
+// sums of e = exp(z - max) and its products over z[0, n), vectorised with masked
+// tails; two chains of register accumulators keep the exp latency hidden.
 template <typename A>
 void add_exp_range(Vec<A>& se, Vec<A>& se2, Vec<A>& set, const A* z, int64_t n, const Vec<A>& max) {
   constexpr int64_t W = Vec<A>::size();
   const Vec<A> zero(A(0));
-  for (int64_t j = 0; j < n; j += W) {
+  Vec<A> a1 = zero, a2 = zero, a3 = zero, b1 = zero, b2 = zero, b3 = zero;
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) {
+    const Vec<A> t0 = Vec<A>::loadu(z + j) - max, t1 = Vec<A>::loadu(z + j + W) - max;
+    math::row_sums_add(a1, a2, a3, math::exponential(t0), t0);
+    math::row_sums_add(b1, b2, b3, math::exponential(t1), t1);
+  }
+  for (; j < n; j += W) {
     const int64_t count = std::min(W, n - j);
     const Vec<A> t = Vec<A>::loadu(z + j, count) - max;
-    Vec<A> e = math::exponential(t), e2 = zero, et = zero, e1 = zero;
-    math::row_sums_add(e1, e2, et, e, t);
-    se = add_first(se, e1, count);
-    se2 = add_first(se2, e2, count);
-    set = add_first(set, et, count);
+    Vec<A> e1 = zero, e2 = zero, e3 = zero;
+    math::row_sums_add(e1, e2, e3, math::exponential(t), t);
+    a1 = add_first(a1, e1, count);  // lanes past the row hold z = 0 and must not count
+    a2 = add_first(a2, e2, count);
+    a3 = add_first(a3, e3, count);
   }
+  se = se + a1 + b1;
+  se2 = se2 + a2 + b2;
+  set = set + a3 + b3;
 }
 
 // Many classes: one row at a time, each pass a vector sweep of the row (in L1).

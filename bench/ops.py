@@ -1,0 +1,239 @@
+"""Benchmark of advprune's fused ops against the eager PyTorch composite and
+torch.compile of that composite, measured in one run.
+
+Each case: median milliseconds over many repetitions after warm-up, speed-up
+ratios, and the achieved bandwidth against a tensor copy of the same size
+measured in the same run. A table on screen, JSON to a file.
+
+    python bench/ops.py [--device cpu|cuda|all] [--out bench/results/ops-cpu.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import advprune
+from advprune import ops
+
+# --------------------------------------------------------------- composites
+
+EPS, STEP = 8 / 255, 2 / 255  # the linf PGD setting of CIFAR-10 training
+
+
+def pgd_eager(x_adv, grad, x_nat, eps: float, step: float):
+    """The PGD step as torchattacks writes it."""
+    x_adv = x_adv + step * grad.sign()
+    delta = torch.clamp(x_adv - x_nat, min=-eps, max=eps)
+    return torch.clamp(x_nat + delta, min=0, max=1)
+
+
+def project_eager(x_adv, x_nat, eps: float):
+    return torch.clamp(x_nat + torch.clamp(x_adv - x_nat, min=-eps, max=eps), min=0, max=1)
+
+
+def scores_eager(logits, labels):
+    """The same six scores from standard ops."""
+    z = logits.float()
+    logp = torch.log_softmax(z, dim=1)
+    p = logp.exp()
+    loss = F.nll_loss(logp, labels, reduction="none")
+    z_y = z.gather(1, labels[:, None])[:, 0]
+    other = z.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    el2n = (p - F.one_hot(labels, z.shape[1])).norm(dim=1)
+    entropy = -(p * logp).sum(dim=1)
+    confidence = p.gather(1, labels[:, None])[:, 0]
+    correct = z.argmax(dim=1) == labels
+    return loss, z_y - other, el2n, entropy, confidence, correct
+
+
+def kl_eager(p, q):
+    return F.kl_div(torch.log_softmax(q, 1), torch.log_softmax(p, 1), reduction="none", log_target=True).sum(
+        1
+    )
+
+
+# ------------------------------------------------------------------- timing
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn: Callable[[], object], device: str, *, min_reps: int, min_seconds: float) -> float:
+    """Median wall time of fn in ms, after warm-up, over at least min_reps runs and min_seconds."""
+    for _ in range(3):
+        fn()
+    sync(device)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - started < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 2000:
+            break
+    return 1e3 * statistics.median(times)
+
+
+def run_case(name, shape, dtype, device, moved_bytes, fused, eager, args, reps):
+    """Times one op three ways plus a copy of the same size; returns a result row."""
+    compiled = torch.compile(eager)
+    kw = dict(device=device, min_reps=reps, min_seconds=0.2 if reps < 20 else 0.5)
+    t_eager = median_ms(lambda: eager(*args()), **kw)
+    t_compile = median_ms(lambda: compiled(*args()), **kw)
+    t_fused = median_ms(lambda: fused(*args()), **kw)
+    src = torch.empty(moved_bytes // 4 // 2, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t_copy = median_ms(lambda: dst.copy_(src), **kw)  # moves the same number of bytes
+    row = {
+        "op": name,
+        "shape": list(shape),
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": device,
+        "eager_ms": t_eager,
+        "compile_ms": t_compile,
+        "advprune_ms": t_fused,
+        "copy_ms": t_copy,
+        "speedup_vs_eager": t_eager / t_fused,
+        "speedup_vs_compile": t_compile / t_fused,
+        "advprune_GBps": moved_bytes / t_fused / 1e6,
+        "copy_GBps": moved_bytes / t_copy / 1e6,
+    }
+    row["fraction_of_copy_bandwidth"] = row["advprune_GBps"] / row["copy_GBps"]
+    return row
+
+
+def pgd_cases(device, quick):
+    shapes = [(512, 3, 32, 32)] if quick else [(512, 3, 32, 32), (128, 3, 224, 224)]
+    for shape in shapes:
+        for dtype in (torch.float32, torch.bfloat16):
+            gen = torch.Generator().manual_seed(0)
+            x_nat = torch.rand(shape, generator=gen).to(device=device, dtype=dtype)
+            grad = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+            x_adv = (x_nat + 0.01 * grad).clamp(0, 1)
+            nbytes = x_nat.numel() * x_nat.element_size()
+
+            def fused(x, g, n):
+                return ops.pgd_step_(x, g, n, eps=EPS, step_size=STEP)
+
+            tensors = (x_adv, grad, x_nat)
+            yield (
+                "pgd_step_ linf",
+                shape,
+                dtype,
+                4 * nbytes,
+                fused,
+                lambda x, g, n: pgd_eager(x, g, n, EPS, STEP),
+                lambda t=tensors: t,
+            )
+            if dtype == torch.float32:
+                yield (
+                    "project_ linf",
+                    shape,
+                    dtype,
+                    3 * nbytes,
+                    lambda x, n: ops.project_(x, n, eps=EPS),
+                    lambda x, n: project_eager(x, n, EPS),
+                    lambda t=tensors: (t[0], t[2]),
+                )
+
+
+def row_cases(device, quick):
+    sizes = [(512, 10), (50000, 10)] if quick else [(512, 10), (50000, 10), (4096, 1000), (65536, 100)]
+    for n, c in sizes:
+        gen = torch.Generator().manual_seed(1)
+        logits = (3 * torch.randn(n, c, generator=gen)).to(device)
+        labels = torch.randint(0, c, (n,), generator=gen).to(device)
+        # logits read once, labels read once, five float32 and one bool written
+        moved = logits.numel() * 4 + n * 8 + n * (5 * 4 + 1)
+        yield (
+            "sample_scores",
+            (n, c),
+            torch.float32,
+            moved,
+            ops.sample_scores,
+            scores_eager,
+            lambda logits=logits, labels=labels: (logits, labels),
+        )
+    for n, c in [(512, 10)] if quick else [(512, 10), (4096, 1000)]:
+        gen = torch.Generator().manual_seed(2)
+        p = torch.randn(n, c, generator=gen).to(device)
+        q = torch.randn(n, c, generator=gen).to(device)
+        yield (
+            "kl_rows",
+            (n, c),
+            torch.float32,
+            2 * p.numel() * 4 + n * 4,
+            ops.kl_rows,
+            kl_eager,
+            lambda p=p, q=q: (p, q),
+        )
+
+
+def fmt_table(rows) -> str:
+    head = (
+        f"{'op':<15} {'shape':<18} {'dtype':<9} {'eager ms':>9} {'compile ms':>10} {'advprune ms':>11} "
+        f"{'x eager':>8} {'x compile':>9} {'GB/s':>7} {'% copy bw':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        share = 100 * r["fraction_of_copy_bandwidth"]
+        lines.append(
+            f"{r['op']:<15} {'x'.join(map(str, r['shape'])):<18} {r['dtype']:<9} {r['eager_ms']:>9.3f} "
+            f"{r['compile_ms']:>10.3f} {r['advprune_ms']:>11.3f} {r['speedup_vs_eager']:>8.1f} "
+            f"{r['speedup_vs_compile']:>9.2f} {r['advprune_GBps']:>7.1f} {share:>8.0f}%"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    parser.add_argument("--out", default=None, help="JSON file (default bench/results/ops-<device>.json)")
+    parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    parser.add_argument("--reps", type=int, default=30, help="at least this many timed runs per measurement")
+    args = parser.parse_args()
+    if not ops.extension_loaded():
+        raise SystemExit(
+            f"advprune's compiled extension is not loaded: {advprune.build_info()['extension_error']}"
+        )
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        if args.device == "cuda":
+            raise SystemExit("--device cuda: no CUDA device is available")
+        devices.remove("cuda")
+    for device in devices:
+        rows = []
+        for case in (*pgd_cases(device, args.quick), *row_cases(device, args.quick)):
+            name, shape, dtype, moved, fused, eager, make_args = case
+            rows.append(run_case(name, shape, dtype, device, moved, fused, eager, make_args, args.reps))
+            print(fmt_table(rows[-1:]).splitlines()[-1], flush=True)
+        machine = (
+            torch.cuda.get_device_name()
+            if device == "cuda"
+            else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        )
+        print(f"\n{device}: {machine}, torch {torch.__version__}\n{fmt_table(rows)}\n")
+        out = Path(args.out or f"bench/results/ops-{device}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"machine": machine, "build": advprune.build_info(), "rows": rows}, indent=1)
+        )
+        tmp.replace(out)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
