@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+import pytest
+
+# CUDA runs from the same parametrisation; without a GPU its cases show as skipped.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -40,6 +43,14 @@ def pgd_inputs(shape, dtype, device, *, generator: torch.Generator, memory_forma
             t = t.contiguous(memory_format=memory_format)
         out.append(t)
     return tuple(out)
+
+
+def poison_allocator(*shapes, device, dtype=torch.float32) -> None:
+    """Frees NaN-filled blocks of the given shapes, so that outputs allocated next
+    (by the CUDA caching allocator; by malloc on the CPU only sometimes) start
+    as NaN: an element a kernel fails to write then fails the comparison."""
+    blocks = [torch.full(shape, float("nan"), dtype=dtype, device=device) for shape in shapes]
+    del blocks
 
 
 def logits_and_labels(n, c, dtype, device, *, generator: torch.Generator, scale: float = 3.0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from advprune import ops, reference
-from tests.helpers import FLOAT_DTYPES, assert_close_rel, logits_and_labels, tolerance
+from tests.helpers import FLOAT_DTYPES, assert_close_rel, logits_and_labels, poison_allocator, tolerance
 
 
 def pair(n, c, dtype, device, seed):
@@ -20,6 +20,7 @@ def pair(n, c, dtype, device, seed):
 @pytest.mark.parametrize("n,c", [(1, 2), (13, 10), (8, 33), (3, 1000)])
 def test_kl_matches_reference(device, dtype, n, c):
     p, q = pair(n, c, dtype, device, n + c)
+    poison_allocator((n,), device=device, dtype=dtype)
     got = ops.kl_rows(p, q)
     assert got.dtype == dtype and got.shape == (n,)
     assert_close_rel(got, reference.kl_rows(p.double(), q.double()), tolerance(dtype))
@@ -30,6 +31,7 @@ def test_kl_matches_reference(device, dtype, n, c):
 def test_kl_backward_matches_reference(device, dtype, n, c):
     p, q = pair(n, c, dtype, device, 2 * n + c)
     grad = torch.randn(n, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    poison_allocator((n, c), (n, c), device=device, dtype=dtype)
     got_p, got_q = torch.ops.advprune.kl_rows_backward(grad, p, q)
     want_p, want_q = reference.kl_rows_backward(grad.double(), p.double(), q.double())
     assert_close_rel(got_p, want_p, 4 * tolerance(dtype))

@@ -31,22 +31,18 @@ RowKl<A> row_kl(const A* p, const A* q, int64_t c) {
   constexpr int64_t W = Vec<A>::size();
   RowKl<A> r{range_max(p, c), range_max(q, c), {A(0), A(0), A(0)}};
   const Vec<A> zero(A(0)), mp(r.mp), mq(r.mq);
-  // two chains of register accumulators keep the exp latency hidden
-  Vec<A> sp = zero, sq = zero, a = zero, sp1 = zero, sq1 = zero, a1 = zero;
+  Vec<A> sp = zero, sq = zero, a = zero;  // two exps per step already overlap: one chain
   int64_t j = 0;
-  for (; j + 2 * W <= c; j += 2 * W) {
-    math::kl_add(sp, sq, a, Vec<A>::loadu(p + j), Vec<A>::loadu(q + j), mp, mq);
-    math::kl_add(sp1, sq1, a1, Vec<A>::loadu(p + j + W), Vec<A>::loadu(q + j + W), mp, mq);
-  }
-  for (; j < c; j += W) {
-    const int64_t count = std::min(W, c - j);
+  for (; j + W <= c; j += W) math::kl_add(sp, sq, a, Vec<A>::loadu(p + j), Vec<A>::loadu(q + j), mp, mq);
+  if (j < c) {
+    const int64_t count = c - j;
     Vec<A> dsp = zero, dsq = zero, da = zero;
     math::kl_add(dsp, dsq, da, Vec<A>::loadu(p + j, count), Vec<A>::loadu(q + j, count), mp, mq);
     sp = add_first(sp, dsp, count);  // tail lanes hold p = q = 0 and must not count
     sq = add_first(sq, dsq, count);
     a = add_first(a, da, count);
   }
-  r.sums = {lane_sum(sp + sp1), lane_sum(sq + sq1), lane_sum(a + a1)};
+  r.sums = {lane_sum(sp), lane_sum(sq), lane_sum(a)};
   return r;
 }
 

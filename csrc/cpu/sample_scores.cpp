@@ -18,7 +18,7 @@ namespace advprune::cpu {
 namespace {
 
 // Rows with at most this many classes are scored a vector of rows at a time.
-constexpr int64_t kMaxLaneClasses = 16;
+constexpr int64_t kMaxLaneClasses = 128;
 constexpr int64_t kRowGrainElements = 8192;
 
 struct Outputs {

@@ -19,7 +19,9 @@ using Vec = at::vec::Vectorized<T>;
 #if defined(CPU_CAPABILITY_AVX2)
 // exp of 8 floats with the Cephes expf polynomial (relative error about 2e-7,
 // 2 ulp): half the cost of Sleef's call, which dominates the scoring kernels.
-// Inputs below -87.3 give 0 (no denormals), NaN stays NaN.
+// Inputs are clamped to [-87.3, 88.4]: below, the result is 1e-38 instead of a
+// denormal or 0 (the kernels only take exp of x - max <= 0, where that is
+// noise); NaN stays NaN.
 C10_ALWAYS_INLINE Vec<float> exp_avx2(const Vec<float>& v) {
   const __m256 x_in = v;
   const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365478515625f);
@@ -38,9 +40,7 @@ C10_ALWAYS_INLINE Vec<float> exp_avx2(const Vec<float>& v) {
   y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
   const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  __m256 r = _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
-  r = _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(x_in, lo, _CMP_LT_OQ));
-  r = _mm256_blendv_ps(r, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x_in, hi, _CMP_GT_OQ));
+  const __m256 r = _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
   return _mm256_blendv_ps(r, x_in, _mm256_cmp_ps(x_in, x_in, _CMP_UNORD_Q));  // NaN in, NaN out
 }
 C10_ALWAYS_INLINE Vec<float> exponential(const Vec<float>& x) { return exp_avx2(x); }
