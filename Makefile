@@ -9,8 +9,8 @@ setup:
 
 build: setup
 
-# C++ unit tests (ctest) and the Python suite, after the set-up and the build.
-test: setup test-cpp test-py
+# Lint, the C++ unit tests (ctest) and the Python suite, after the set-up and the build.
+test: setup lint test-cpp test-py
 
 test-cpp:
 	bash scripts/cmake_test.sh

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-import pytest
-
 # CUDA runs from the same parametrisation; without a GPU its cases show as skipped.
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+_NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=_NO_GPU)]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
