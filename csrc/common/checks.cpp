@@ -70,9 +70,11 @@ Norm parse_norm(c10::string_view norm, const char* op) {
   TORCH_CHECK_VALUE(false, op, ": norm must be \"linf\" or \"l2\", got \"", std::string(norm), "\"");
 }
 
-void check_pgd_args(const char* op, const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,
-                    const at::Tensor& x_nat, double eps, std::optional<double> step_size,
-                    double clip_min, double clip_max) {
+Norm check_pgd_call(const char* op, c10::DeviceType kernel_device, const at::Tensor& x_adv,
+                    const std::optional<at::Tensor>& grad, const at::Tensor& x_nat, double eps,
+                    std::optional<double> step_size, c10::string_view norm, double clip_min,
+                    double clip_max) {
+  const Norm which = parse_norm(norm, op);
   check_float_tensor(op, "x_adv", x_adv);
   TORCH_CHECK_VALUE(x_adv.dim() >= 1, op,
                     ": x_adv must have a batch dimension (dim 0), got a 0-d tensor");
@@ -86,6 +88,9 @@ void check_pgd_args(const char* op, const at::Tensor& x_adv, const std::optional
   TORCH_CHECK_VALUE(!std::isnan(clip_min) && !std::isnan(clip_max) && clip_min <= clip_max, op,
                     ": clip_min must be <= clip_max, got clip_min=", clip_min,
                     " and clip_max=", clip_max);
+  TORCH_CHECK_VALUE(x_adv.device().type() == kernel_device, op, ": the ", kernel_device,
+                    " kernel got x_adv on ", x_adv.device());
+  return which;
 }
 
 PgdOperands prepare_pgd(const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,

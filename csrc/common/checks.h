@@ -17,10 +17,12 @@ enum class Norm { Linf, L2 };
 // "linf" or "l2"; anything else is a ValueError naming what was received.
 Norm parse_norm(c10::string_view norm, const char* op);
 
-// Checks the PGD operands and scalars; grad is absent for project_.
-void check_pgd_args(const char* op, const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,
-                    const at::Tensor& x_nat, double eps, std::optional<double> step_size,
-                    double clip_min, double clip_max);
+// Checks a pgd_step_ / project_ call (grad and step_size are absent for
+// project_) for the kernel of the given device type; returns the norm.
+Norm check_pgd_call(const char* op, c10::DeviceType kernel_device, const at::Tensor& x_adv,
+                    const std::optional<at::Tensor>& grad, const at::Tensor& x_nat, double eps,
+                    std::optional<double> step_size, c10::string_view norm, double clip_min,
+                    double clip_max);
 
 // The PGD operands in one dense layout in which each sample (slice along dim 0)
 // is one contiguous block of row_size elements. When x_adv itself has such a

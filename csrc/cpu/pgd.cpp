@@ -100,11 +100,8 @@ template <bool kStep>
 void run(const char* op, const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,
          const at::Tensor& x_nat, double eps, double step, c10::string_view norm, double lo,
          double hi) {
-  const Norm which = parse_norm(norm, op);
-  check_pgd_args(op, x_adv, grad, x_nat, eps, kStep ? std::optional<double>(step) : std::nullopt,
-                 lo, hi);
-  TORCH_CHECK_VALUE(x_adv.device().is_cpu(), op, ": the CPU kernel got a tensor on ",
-                    x_adv.device());
+  const Norm which = check_pgd_call(op, c10::kCPU, x_adv, grad, x_nat, eps,
+                                    kStep ? std::optional<double>(step) : std::nullopt, norm, lo, hi);
   if (x_adv.numel() == 0) return;
   const PgdOperands ops = prepare_pgd(x_adv, grad, x_nat);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ops.x.scalar_type(), "pgd", [&] {
