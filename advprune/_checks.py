@@ -34,9 +34,7 @@ def check_pgd_scalars(op: str, eps: float, step_size: float | None, clip_min: fl
     if step_size is not None and not (math.isfinite(step_size) and step_size >= 0):
         raise ValueError(f"{op}: step_size must be finite and >= 0, got {step_size}")
     if not (clip_min <= clip_max):
-        raise ValueError(
-            f"{op}: clip_min must be <= clip_max, got clip_min={clip_min} and clip_max={clip_max}"
-        )
+        raise ValueError(f"{op}: clip_min must be <= clip_max, got clip_min={clip_min} and clip_max={clip_max}")
 
 
 def check_tensor_args(op: str, **tensors: object) -> None:
@@ -63,9 +61,7 @@ def _check_like(op: str, name: str, t: object, x_adv: torch.Tensor) -> None:
             f"{op}: {name} has shape {list(t.shape)} but x_adv has shape {list(x_adv.shape)}; they must match"
         )
     if t.dtype != x_adv.dtype:
-        raise TypeError(
-            f"{op}: {name} has dtype {t.dtype} but x_adv has dtype {x_adv.dtype}; they must match"
-        )
+        raise TypeError(f"{op}: {name} has dtype {t.dtype} but x_adv has dtype {x_adv.dtype}; they must match")
     if t.device != x_adv.device:
         raise ValueError(f"{op}: {name} is on {t.device} but x_adv is on {x_adv.device}")
 

@@ -60,11 +60,7 @@ def project_(
     if x_adv.numel() == 0:
         return x_adv
     x, n = _opmath(x_adv), _opmath(x_nat)
-    out = (
-        _project_linf(x, n, eps, clip_min, clip_max)
-        if norm == "linf"
-        else _project_l2(x, n, eps, clip_min, clip_max)
-    )
+    out = _project_linf(x, n, eps, clip_min, clip_max) if norm == "linf" else _project_l2(x, n, eps, clip_min, clip_max)
     x_adv.copy_(out)
     return x_adv
 
@@ -76,9 +72,7 @@ def _project_linf(x: torch.Tensor, n: torch.Tensor, eps: float, lo: float, hi: f
 def _project_l2(x: torch.Tensor, n: torch.Tensor, eps: float, lo: float, hi: float) -> torch.Tensor:
     delta = x - n
     dnorm = delta.reshape(delta.shape[0], -1).norm(dim=1)
-    scale = torch.where(
-        dnorm > eps, eps / dnorm.clamp_min(torch.finfo(dnorm.dtype).tiny), torch.ones_like(dnorm)
-    )
+    scale = torch.where(dnorm > eps, eps / dnorm.clamp_min(torch.finfo(dnorm.dtype).tiny), torch.ones_like(dnorm))
     return torch.clamp(n + delta * scale.reshape(-1, *([1] * (x.dim() - 1))), lo, hi)
 
 
@@ -98,9 +92,7 @@ def sample_scores(logits: torch.Tensor, labels: torch.Tensor) -> SampleScores:
     confidence = p.gather(1, y).squeeze(1)
     correct = z.argmax(dim=1) == labels if z.shape[0] else torch.zeros_like(labels, dtype=torch.bool)
     f32 = torch.float32
-    return SampleScores(
-        loss.to(f32), (z_y - other).to(f32), el2n.to(f32), entropy.to(f32), confidence.to(f32), correct
-    )
+    return SampleScores(loss.to(f32), (z_y - other).to(f32), el2n.to(f32), entropy.to(f32), confidence.to(f32), correct)
 
 
 def kl_rows(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:

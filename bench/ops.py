@@ -56,9 +56,7 @@ def scores_eager(logits, labels):
 
 
 def kl_eager(p, q):
-    return F.kl_div(torch.log_softmax(q, 1), torch.log_softmax(p, 1), reduction="none", log_target=True).sum(
-        1
-    )
+    return F.kl_div(torch.log_softmax(q, 1), torch.log_softmax(p, 1), reduction="none", log_target=True).sum(1)
 
 
 # ------------------------------------------------------------------- timing
@@ -205,9 +203,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30, help="at least this many timed runs per measurement")
     args = parser.parse_args()
     if not ops.extension_loaded():
-        raise SystemExit(
-            f"advprune's compiled extension is not loaded: {advprune.build_info()['extension_error']}"
-        )
+        raise SystemExit(f"advprune's compiled extension is not loaded: {advprune.build_info()['extension_error']}")
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         if args.device == "cuda":
@@ -228,9 +224,7 @@ def main() -> None:
         out = Path(args.out or f"bench/results/ops-{device}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"machine": machine, "build": advprune.build_info(), "rows": rows}, indent=1)
-        )
+        tmp.write_text(json.dumps({"machine": machine, "build": advprune.build_info(), "rows": rows}, indent=1))
         tmp.replace(out)
         print(f"wrote {out}")
 

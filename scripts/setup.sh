@@ -1,9 +1,25 @@
 #!/usr/bin/env bash
-# Sets up everything advprune needs on a fresh machine, idempotently:
-# a virtual environment in .venv, torch and torchvision through pip, the
-# development tools, and the compiled extension (CPU, and CUDA when nvcc exists).
+# Sets up everything advprune needs on a fresh machine, idempotently: the system
+# packages FFCV builds against (and Fashion-MNIST), a virtual environment in
+# .venv, torch and torchvision through pip, FFCV and the development tools, and
+# the compiled extension (CPU, and CUDA when nvcc exists).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(pkg-config libturbojpeg0-dev libopencv-dev dataset-fashion-mnist)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "advprune needs these system packages: ${missing[*]} (apt-get install them as root)" >&2
+    exit 1
+  fi
+  echo "== apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
@@ -22,8 +38,9 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   "${PIP[@]}" install $TORCH_SPEC
 fi
 
-echo "== installing build and test tools"
-"${PIP[@]}" install "setuptools>=64" wheel ninja "cmake>=3.27,<4" numpy tqdm "pytest>=8" hypothesis ruff
+echo "== installing FFCV, build and test tools"
+"${PIP[@]}" install "setuptools>=64" wheel ninja "cmake>=3.27,<4" numpy tqdm "pytest>=8" hypothesis ruff \
+  "ffcv==1.0.2"
 
 echo "== building advprune (pip install --no-build-isolation -e .)"
 "${PIP[@]}" install --no-build-isolation --no-deps -e .

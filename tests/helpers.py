@@ -54,8 +54,6 @@ def poison_allocator(*shapes, device, dtype=torch.float32) -> None:
 
 
 def logits_and_labels(n, c, dtype, device, *, generator: torch.Generator, scale: float = 3.0):
-    logits = (scale * torch.randn(n, c, generator=generator, dtype=torch.float64)).to(
-        dtype=dtype, device=device
-    )
+    logits = (scale * torch.randn(n, c, generator=generator, dtype=torch.float64)).to(dtype=dtype, device=device)
     labels = torch.randint(0, c, (n,), generator=generator).to(device)
     return logits, labels

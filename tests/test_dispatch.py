@@ -77,9 +77,7 @@ def test_fake_tensors_give_shapes_and_check_arguments():
         assert scores[5].dtype == torch.bool
         with pytest.raises(ValueError, match="logits need at least 2 classes"):
             torch.ops.advprune.sample_scores(mode.from_tensor(torch.empty(7, 1)), labels)
-        kl = torch.ops.advprune.kl_rows(
-            mode.from_tensor(torch.empty(3, 4)), mode.from_tensor(torch.empty(3, 4))
-        )
+        kl = torch.ops.advprune.kl_rows(mode.from_tensor(torch.empty(3, 4)), mode.from_tensor(torch.empty(3, 4)))
         assert kl.shape == (3,)
 
 

@@ -93,9 +93,7 @@ def test_integer_x_adv_is_refused(device):
 def test_project_checks_its_arguments(batch):
     x_adv, _, x_nat = batch
     before = x_adv.clone()
-    with pytest.raises(
-        ValueError, match=r"x_nat has shape \[4, 3, 8, 4\] but x_adv has shape \[4, 3, 8, 8\]"
-    ):
+    with pytest.raises(ValueError, match=r"x_nat has shape \[4, 3, 8, 4\] but x_adv has shape \[4, 3, 8, 8\]"):
         ops.project_(x_adv, x_nat[..., :4], eps=0.1)
     with pytest.raises(ValueError, match="eps must be finite and >= 0"):
         ops.project_(x_adv, x_nat, eps=float("inf"))
@@ -128,9 +126,7 @@ def test_scores_need_int64_labels_and_float_logits(device):
     logits = torch.randn(3, 4, device=device)
     with pytest.raises(TypeError, match=r"labels must be int64, got torch\.int32"):
         ops.sample_scores(logits, torch.tensor([0, 1, 2], dtype=torch.int32, device=device))
-    with pytest.raises(
-        TypeError, match=r"logits must be float32, float64, float16 or bfloat16, got torch\.int64"
-    ):
+    with pytest.raises(TypeError, match=r"logits must be float32, float64, float16 or bfloat16, got torch\.int64"):
         ops.sample_scores(logits.long(), torch.tensor([0, 1, 2], device=device))
 
 
@@ -138,9 +134,7 @@ def test_bad_kl_arguments(device):
     p = torch.randn(3, 4, device=device)
     with pytest.raises(ValueError, match=r"logits_q has shape \[3, 5\] but logits_p has shape \[3, 4\]"):
         ops.kl_rows(p, torch.randn(3, 5, device=device))
-    with pytest.raises(
-        TypeError, match=r"logits_q has dtype torch\.float64 but logits_p has dtype torch\.float32"
-    ):
+    with pytest.raises(TypeError, match=r"logits_q has dtype torch\.float64 but logits_p has dtype torch\.float32"):
         ops.kl_rows(p, p.double())
     with pytest.raises(ValueError, match="logits_p must be 2-D"):
         ops.kl_rows(p[0], p[0])

@@ -26,9 +26,7 @@ def check_against_reference(logits, labels, rel):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize(
-    "n,c", [(1, 2), (7, 3), (33, 10), (257, 16), (9, 17), (64, 100), (5, 1000), (300, 10)]
-)
+@pytest.mark.parametrize("n,c", [(1, 2), (7, 3), (33, 10), (257, 16), (9, 17), (64, 100), (5, 1000), (300, 10)])
 def test_scores_match_reference(device, dtype, n, c):
     gen = torch.Generator().manual_seed(n * 1000 + c)
     logits, labels = logits_and_labels(n, c, dtype, device, generator=gen)
@@ -66,17 +64,13 @@ def test_non_contiguous_logits(device):
 
 
 def test_empty_batch_gives_empty_scores(device):
-    got = ops.sample_scores(
-        torch.empty(0, 10, device=device), torch.empty(0, dtype=torch.long, device=device)
-    )
+    got = ops.sample_scores(torch.empty(0, 10, device=device), torch.empty(0, dtype=torch.long, device=device))
     assert all(t.shape == (0,) for t in got)
     assert got.loss.dtype == torch.float32 and got.correct.dtype == torch.bool
 
 
 def test_scores_are_a_named_tuple(device):
-    logits, labels = logits_and_labels(
-        4, 5, torch.float32, device, generator=torch.Generator().manual_seed(0)
-    )
+    logits, labels = logits_and_labels(4, 5, torch.float32, device, generator=torch.Generator().manual_seed(0))
     got = ops.sample_scores(logits, labels)
     assert isinstance(got, ops.SampleScores)
     assert got._fields == (*FIELDS, "correct")

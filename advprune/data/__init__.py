@@ -1,0 +1,28 @@
+"""advprune.data: dataset readers, the .beton writer, and the loaders of (x, y, ids)."""
+
+from advprune.data.beton import write_beton
+from advprune.data.loaders import make_loader, read_beton
+from advprune.data.readers import (
+    Dataset,
+    from_arrays,
+    read_cifar,
+    read_dataset,
+    read_fashion_mnist,
+    read_idx,
+    read_image_folder,
+    read_mnist_like,
+)
+
+__all__ = [
+    "Dataset",
+    "from_arrays",
+    "make_loader",
+    "read_beton",
+    "read_cifar",
+    "read_dataset",
+    "read_fashion_mnist",
+    "read_idx",
+    "read_image_folder",
+    "read_mnist_like",
+    "write_beton",
+]

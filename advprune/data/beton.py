@@ -1,0 +1,67 @@
+"""The FFCV .beton writer: image (uint8 [H, W, C]), label and sample-id fields,
+written to a temporary file and renamed, so no half-written .beton ever exists."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from advprune.data.readers import check_arrays
+
+FIELDS = ("image", "label", "id")
+
+
+class _Samples:
+    """The indexed dataset FFCV's writer walks: (image, label, id) per row."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i]), int(i)
+
+
+def write_beton(
+    path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    force: bool = False,
+    num_workers: int = 1,
+) -> Path:
+    """Writes images (uint8 [N, H, W, C]) and labels as an FFCV .beton; row i gets sample id i.
+
+    Refuses to overwrite an existing file unless force=True. FFCV shows a progress bar.
+    """
+    from advprune.data.ffcv_loader import keep_torch_threads
+
+    with keep_torch_threads():
+        from ffcv.fields import IntField, NDArrayField
+        from ffcv.writer import DatasetWriter
+
+    check_arrays(images, labels)
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists: pass force=True (--force) to overwrite it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder {path.parent} does not exist")
+    images = np.ascontiguousarray(images)
+    fields = {
+        "image": NDArrayField(np.dtype("uint8"), tuple(images.shape[1:])),
+        "label": IntField(),
+        "id": IntField(),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(
+            _Samples(images, labels.astype(np.int64))
+        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,58 @@
+"""make_loader: one interface over the FFCV and in-memory loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from advprune.data.ffcv_loader import FfcvLoader, open_beton
+from advprune.data.memory import MemoryLoader
+from advprune.data.readers import Dataset
+
+BACKENDS = ("ffcv", "memory")
+
+
+def read_beton(path: str | Path) -> Dataset:
+    """All images, labels of a .beton as arrays, in sample-id order (for the in-memory backend)."""
+    loader = FfcvLoader(path, batch_size=1024, augment=False, order="sequential")
+    images, labels = [], []
+    for x, y, _ in loader:
+        images.append((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        labels.append(y.numpy())
+    return Dataset(np.concatenate(images), np.concatenate(labels))
+
+
+def make_loader(
+    source: str | Path | Dataset,
+    *,
+    indices=None,
+    batch_size: int,
+    backend: str = "ffcv",
+    augment: bool = True,
+    order: str = "random",
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    drop_last: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> FfcvLoader | MemoryLoader:
+    """A loader of (x, y, ids) over the sample ids `indices` (all when None) of a .beton or a Dataset.
+
+    x is float in [0, 1] on `device` (channels_last for images; dtype float16/bfloat16 when asked),
+    y and ids int64. loader.set_indices(new) changes the subset for the next epoch; len(loader)
+    follows it. Augmentation: random translation within 4 pixels of zero padding and horizontal flip.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    kw = dict(indices=indices, batch_size=batch_size, augment=augment, order=order, device=device, seed=seed,
+              drop_last=drop_last, dtype=dtype)  # fmt: skip
+    if backend == "ffcv":
+        if isinstance(source, Dataset):
+            raise TypeError("the ffcv backend reads a .beton path; write one with advprune.data.write_beton")
+        return FfcvLoader(source, **kw)
+    data = source if isinstance(source, Dataset) else read_beton(source)
+    return MemoryLoader(data.images, data.labels, **kw)
+
+
+__all__ = ["BACKENDS", "make_loader", "open_beton", "read_beton"]

@@ -1,0 +1,75 @@
+"""The served subset of sample ids and its per-epoch order, shared by the loaders.
+
+Every epoch draws its order from a generator seeded by (seed, epoch), so a run
+with the same seed serves the same batches, epoch after epoch, and a resumed
+run can continue the sequence by setting `epoch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+ORDERS = ("random", "sequential")
+
+
+def as_indices(indices: object, n: int) -> torch.Tensor:
+    """A 1-D int64 CPU tensor of distinct sample ids in [0, n); ValueError/TypeError naming the problem."""
+    t = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"indices must be integer sample ids, got {t.dtype}")
+    t = t.to(device="cpu", dtype=torch.int64).reshape(-1) if t.dim() <= 1 else t
+    if t.dim() != 1:
+        raise ValueError(f"indices must be 1-D, got shape {list(t.shape)}")
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= n):
+        raise ValueError(f"indices must lie in [0, {n}), got values from {int(t.min())} to {int(t.max())}")
+    if len(torch.unique(t)) != len(t):
+        raise ValueError(f"indices must be distinct: {len(t) - len(torch.unique(t))} repeat")
+    return t
+
+
+class SubsetSchedule:
+    """Which ids an epoch serves, in which order, in which batches."""
+
+    def __init__(
+        self,
+        n: int,
+        indices: object | None,
+        *,
+        batch_size: int,
+        order: str = "random",
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        self.n = n
+        self.batch_size = batch_size
+        self.order = order
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.indices = torch.arange(n) if indices is None else as_indices(indices, n)
+
+    def set_indices(self, indices: object) -> None:
+        self.indices = as_indices(indices, self.n)
+
+    def num_batches(self, count: int | None = None) -> int:
+        count = len(self.indices) if count is None else count
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def next_epoch(self) -> tuple[torch.Tensor, torch.Generator]:
+        """This epoch's order of the ids, and its generator (for augmentation); advances the epoch."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        if self.order == "sequential":
+            return self.indices.clone(), generator
+        return self.indices[torch.randperm(len(self.indices), generator=generator)], generator
+
+    def batch_bounds(self, count: int) -> Iterator[tuple[int, int]]:
+        for b in range(self.num_batches(count)):
+            yield b * self.batch_size, min((b + 1) * self.batch_size, count)
