@@ -31,7 +31,7 @@ def epoch_seconds(loader, epochs: int) -> tuple[float, int]:
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()
-        for x, _, _ in loader:
+        for _ in loader:
             pass  # every loader hands out materialised tensors
         if torch.cuda.is_available():
             torch.cuda.synchronize()

@@ -20,7 +20,7 @@ def test_prepare_writes_a_beton_the_loaders_read(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     source = read_cifar(tmp_path)
     loader = make_loader(out, batch_size=32, augment=False, order="sequential", backend="memory")
-    x, y, ids = next(iter(loader))
+    _, y, ids = next(iter(loader))
     assert ids.tolist() == list(range(32))
     assert np.array_equal(y.numpy(), source.labels[:32])
 
