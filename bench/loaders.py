@@ -114,9 +114,8 @@ def main() -> None:
         r["speedup_vs_torchvision"] = r["images_per_s"] / base
         switch = f"{1e3 * r['switch_s']:.2f}" if "switch_s" in r else "-"
         frac = f"{100 * r['switch_fraction_of_epoch']:.2f}%" if "switch_s" in r else "-"
-        print(
-            f"{r['loader']:<24} {r['images_per_s']:>10,.0f} {r['speedup_vs_torchvision']:>13.1f}x {switch:>10} {frac:>13}"
-        )
+        speedup = r["speedup_vs_torchvision"]
+        print(f"{r['loader']:<24} {r['images_per_s']:>10,.0f} {speedup:>13.1f}x {switch:>10} {frac:>13}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"n": args.n, "batch_size": args.batch_size, "rows": rows}, indent=1))
