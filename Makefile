@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup build test test-cpp test-py bench lint clean
+.PHONY: setup build test test-cpp test-py bench bench-loaders lint clean
 
 setup:
 	bash scripts/setup.sh
@@ -20,6 +20,9 @@ test-py:
 
 bench: setup
 	$(PY) bench/ops.py
+
+bench-loaders: setup
+	$(PY) bench/loaders.py
 
 lint:
 	$(VENV)/bin/ruff check advprune tests bench build_tools setup.py
