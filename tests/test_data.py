@@ -118,6 +118,15 @@ def test_augmentation_translates_within_padding_and_flips(backend, colour_data, 
     assert moved >= 10  # augmentation really happens
 
 
+def test_augmentation_by_default_for_colour_only(tmp_path, colour_data, beton):
+    gray = from_arrays(colour_data[0][..., :1].copy(), colour_data[1])
+    gray_beton = write_beton(tmp_path / "gray.beton", gray.images, gray.labels)
+    assert make_loader(from_arrays(*colour_data), backend="memory", batch_size=8).augment
+    assert not make_loader(gray, backend="memory", batch_size=8).augment
+    assert make_loader(beton, backend="memory", batch_size=8).augment
+    assert not make_loader(gray_beton, backend="memory", batch_size=8).augment
+
+
 def test_memory_loader_half_precision(colour_data):
     loader = make_loader(from_arrays(*colour_data), backend="memory", batch_size=8, dtype=torch.bfloat16)
     x, _, _ = next(iter(loader))

@@ -58,6 +58,11 @@ def open_beton(path: str | Path):
     return reader
 
 
+def image_shape(path: str | Path) -> tuple[int, int, int]:
+    """(H, W, C) of the images in a .beton."""
+    return tuple(int(d) for d in open_beton(path).handlers["image"].shape)
+
+
 class FfcvLoader:
     """Yields (x, y, ids) from a .beton: x float in [0, 1] [B, C, H, W] channels_last on the device."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advprune.data.ffcv_loader import FfcvLoader, open_beton
+from advprune.data.ffcv_loader import FfcvLoader, image_shape, open_beton
 from advprune.data.memory import MemoryLoader
 from advprune.data.readers import Dataset
 
@@ -30,7 +30,7 @@ def make_loader(
     indices=None,
     batch_size: int,
     backend: str = "ffcv",
-    augment: bool = True,
+    augment: bool | None = None,
     order: str = "random",
     device: str | torch.device = "cpu",
     seed: int = 0,
@@ -41,10 +41,14 @@ def make_loader(
 
     x is float in [0, 1] on `device` (channels_last for images; dtype float16/bfloat16 when asked),
     y and ids int64. loader.set_indices(new) changes the subset for the next epoch; len(loader)
-    follows it. Augmentation: random translation within 4 pixels of zero padding and horizontal flip.
+    follows it. Augmentation: random translation within 4 pixels of zero padding and horizontal flip;
+    by default (augment=None) for colour images only, none for grayscale ones such as Fashion-MNIST.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if augment is None:
+        channels = source.images.shape[3] if isinstance(source, Dataset) else image_shape(source)[2]
+        augment = channels == 3
     kw = dict(indices=indices, batch_size=batch_size, augment=augment, order=order, device=device, seed=seed,
               drop_last=drop_last, dtype=dtype)  # fmt: skip
     if backend == "ffcv":
@@ -55,4 +59,4 @@ def make_loader(
     return MemoryLoader(data.images, data.labels, **kw)
 
 
-__all__ = ["BACKENDS", "make_loader", "open_beton", "read_beton"]
+__all__ = ["BACKENDS", "image_shape", "make_loader", "open_beton", "read_beton"]
