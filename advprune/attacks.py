@@ -1,0 +1,181 @@
+"""Adversarial perturbations on the fused ops: PGD (linf, l2, restarts), FGSM with
+a random start (Wong et al. 2020), and TRADES (Zhang et al. 2019).
+
+Each attack step is one forward, one backward for the input gradient only
+(torch.autograd.grad with respect to x_adv: no weight gradient is computed or
+accumulated) and one fused ops.pgd_step_. Inputs are images in [0, 1]; eps and
+step sizes are in that space. The attacks know nothing of data or training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advprune import ops
+
+LOSSES = ("ce", "margin")
+
+
+@contextmanager
+def model_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Runs the block with the model in "eval" or "train" mode ("keep": as it is), then restores it."""
+    if mode not in ("eval", "train", "keep"):
+        raise ValueError(f'mode must be "eval", "train" or "keep", got {mode!r}')
+    was_training = model.training
+    if mode != "keep":
+        model.train(mode == "train")
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _per_sample_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    if loss == "ce":
+        return F.cross_entropy(logits.float(), y, reduction="none")
+    # margin (CW): the best wrong logit minus the right one
+    z = logits.float()
+    z_y = z.gather(1, y[:, None])[:, 0]
+    other = z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return other - z_y
+
+
+def input_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss: str = "ce"):
+    """(per-sample loss, d loss / d x_adv): one forward, one backward to the input only."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        per_sample = _per_sample_loss(model(x_adv), y, loss)
+        (grad,) = torch.autograd.grad(per_sample.sum(), x_adv)
+    return per_sample.detach(), grad
+
+
+def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform point of the eps-ball around x (linf), or a random direction and radius (l2), clipped to [0, 1]."""
+    if norm == "linf":
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2 * eps).sub_(eps)
+    else:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        flat = noise.flatten(1).norm(dim=1).clamp_min(1e-12)
+        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) * eps
+        noise.mul_((radius / flat).view(-1, *([1] * (x.dim() - 1))))
+    x_adv = (x + noise).contiguous(memory_format=_memory_format(x))
+    return ops.project_(x_adv, x, eps=eps, norm=norm)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    random_start: bool = True,
+    restarts: int = 1,
+    loss: str = "ce",
+    mode: str = "eval",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PGD-`steps` (Madry et al. 2018) from x; returns x_adv (detached).
+
+    With restarts > 1, each sample keeps the example of its highest loss. `mode` is the
+    model's mode while crafting ("eval" by default: BatchNorm uses its running statistics
+    and they are not updated; "train" or "keep" otherwise); the caller's mode is restored.
+    Works under autocast and with channels_last inputs.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    x = x.detach()
+    best, best_loss = None, None
+    with model_mode(model, mode):
+        for _ in range(restarts):
+            x_adv = _start(x, eps, norm, random_start, generator)
+            for _ in range(steps):
+                _, grad = input_gradient(model, x_adv, y, loss)
+                ops.pgd_step_(x_adv, grad, x, eps=eps, step_size=step_size, norm=norm)
+            if restarts == 1:
+                return x_adv
+            with torch.no_grad():
+                final = _per_sample_loss(model(x_adv), y, loss)
+            if best is None:
+                best, best_loss = x_adv, final
+            else:
+                better = final > best_loss
+                best[better] = x_adv[better]
+                best_loss = torch.where(better, final, best_loss)
+    return best
+
+
+def _start(x: torch.Tensor, eps: float, norm: str, use_random: bool, generator) -> torch.Tensor:
+    return random_init(x, eps, norm, generator) if use_random else x.clone(memory_format=_memory_format(x))
+
+
+def fgsm_rs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float | None = None,
+    mode: str = "keep",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """FGSM with a uniform random start in the linf ball and one signed step of
+    step_size (default 1.25 * eps), projected back (Wong, Rice and Kolter 2020)."""
+    step_size = 1.25 * eps if step_size is None else step_size
+    x = x.detach()
+    with model_mode(model, mode):
+        x_adv = random_init(x, eps, "linf", generator)
+        _, grad = input_gradient(model, x_adv, y)
+        return ops.pgd_step_(x_adv, grad, x, eps=eps, step_size=step_size)
+
+
+def trades_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    mode: str = "eval",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The TRADES inner maximisation: PGD on KL(softmax(f(x)) || softmax(f(x_adv))),
+    started at x + 0.001 * N(0, 1), with the clean prediction fixed."""
+    x = x.detach()
+    with model_mode(model, mode):
+        with torch.no_grad():
+            clean = model(x).float()
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = ops.project_((x + 0.001 * noise).contiguous(memory_format=_memory_format(x)), x, eps=eps)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                kl = ops.kl_rows(clean, model(x_adv).float()).sum()
+                (grad,) = torch.autograd.grad(kl, x_adv)
+            x_adv = ops.pgd_step_(x_adv.detach(), grad, x, eps=eps, step_size=step_size)
+    return x_adv
+
+
+def trades_loss(
+    logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The TRADES objective: CE(f(x), y) + beta * KL(softmax(f(x)) || softmax(f(x_adv))), per
+    sample, and its batch mean. Gradients reach both sets of logits."""
+    clean = logits_clean.float()
+    per_sample = F.cross_entropy(clean, y, reduction="none") + beta * ops.kl_rows(clean, logits_adv.float())
+    return per_sample, per_sample.mean()

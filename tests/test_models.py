@@ -1,0 +1,42 @@
+"""The model zoo: names, shapes, normalisation inside, features for the GraNd proxy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advprune import models
+
+
+@pytest.mark.parametrize(
+    "name,shape", [("small-cnn", (2, 1, 28, 28)), ("preact-resnet18", (2, 3, 32, 32))]
+)  # the WideResNets share the code path and cost minutes on a CPU
+def test_models_map_images_to_logits(name, shape):
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=7).eval()
+    x = torch.rand(shape)
+    logits = model(x)
+    assert logits.shape == (2, 7) and torch.isfinite(logits).all()
+    assert model.features(x).dim() == 2
+    cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_wide_resnet_depths():
+    small = models.WideResNet(depth=10, width=1, num_classes=3)
+    assert small(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    with pytest.raises(ValueError, match="depth must be 6n \\+ 4"):
+        models.WideResNet(depth=30)
+    assert sum(p.numel() for p in models.create("wrn-34-10").parameters()) > 40_000_000
+
+
+def test_normalisation_is_inside():
+    model = models.create("small-cnn")
+    assert torch.allclose(model.normalize(torch.full((1, 1, 2, 2), 0.2860)), torch.zeros(1, 1, 2, 2), atol=1e-6)
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="unknown model 'resnet50': choose one of preact-resnet18"):
+        models.create("resnet50")
+    with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
+        models.create("small-cnn", num_classes=1)
