@@ -1,0 +1,96 @@
+"""The Trainer on a small real subset of Fashion-MNIST: it learns, resumes exactly,
+stops clearly on NaN, guards against catastrophic overfitting, and writes metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from advprune import models
+from advprune.data import from_arrays, make_loader, read_fashion_mnist
+from advprune.data.readers import FASHION_MNIST_DIR
+from advprune.train import Trainer, TrainingDiverged, resolve_amp
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    try:
+        data = read_fashion_mnist(FASHION_MNIST_DIR)
+    except FileNotFoundError:
+        pytest.skip("dataset-fashion-mnist is not installed")
+    train = from_arrays(data.images[:512].copy(), data.labels[:512].copy())
+    val_x = torch.from_numpy(data.images[512:640].copy()).permute(0, 3, 1, 2).float() / 255
+    return train, (val_x, torch.from_numpy(data.labels[512:640].copy()))
+
+
+def trainer(tmp_path, epochs=2, **kw):
+    torch.manual_seed(0)
+    model = models.create("small-cnn")
+    options = dict(attack="pgd", eps=0.1, step_size=0.05, steps=2, epochs=epochs, lr=0.05,
+                   lr_schedule="cosine", amp=None, device="cpu", out_dir=tmp_path, quiet=True)  # fmt: skip
+    options.update(kw)
+    return Trainer(model, **options)
+
+
+def loader(train):
+    return make_loader(train, backend="memory", batch_size=64, seed=0)
+
+
+def test_training_lowers_the_adversarial_loss_and_writes_metrics(tmp_path, fashion):
+    train, val = fashion
+    t = trainer(tmp_path, epochs=3).fit(loader(train), val)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    for key in ("seconds", "samples", "lr", "train_loss", "train_adv_acc", "val_clean_acc", "val_pgd_acc",
+                "data_seconds", "attack_seconds", "update_seconds", "scoring_seconds"):  # fmt: skip
+        assert key in records[0], key
+    assert records[0]["samples"] == 512
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    assert t.epoch == 3
+
+
+def test_resume_is_exact(tmp_path, fashion):
+    train, val = fashion
+    straight = trainer(tmp_path / "a", epochs=2).fit(loader(train), val)
+    first = trainer(tmp_path / "b", epochs=2)
+    first.epochs = 1  # stop after one epoch, as an interrupted run would
+    first.fit(loader(train), val)
+    resumed = trainer(tmp_path / "b", epochs=2).fit(loader(train), val, resume=True)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, fashion):
+    train, _ = fashion
+    t = trainer(tmp_path, epochs=1, lr=1e30, lr_schedule="constant")
+    with pytest.raises(TrainingDiverged, match="the training loss became"):
+        t.fit(loader(train))
+
+
+def test_catastrophic_overfitting_guard(tmp_path, fashion, monkeypatch):
+    train, val = fashion
+    t = trainer(tmp_path, epochs=3, attack="fgsm_rs", step_size=0.125)
+    accuracies = iter([0.6, 0.1, 0.55, 0.56])  # epoch 1 collapses, then recovers
+
+    def fake_validate(_val):
+        return {"val_clean_acc": 0.8, "val_pgd_acc": next(accuracies)}
+
+    monkeypatch.setattr(t, "_validate", fake_validate)
+    t.fit(loader(train), val)
+    assert t.attack == "pgd" and t.steps == 2
+    assert len(t.events) == 1 and "switched from FGSM-RS to PGD-2" in t.events[0]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 1, 2]  # epoch 1 ran again after the restore
+    assert "event" in records[1]
+
+
+def test_amp_auto_and_bad_options(tmp_path):
+    assert resolve_amp(None, torch.device("cpu")) is None
+    assert resolve_amp("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="amp must be one of"):
+        resolve_amp("fp8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="attack must be one of"):
+        trainer(tmp_path, attack="cw")
