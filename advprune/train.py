@@ -82,6 +82,7 @@ class Trainer:
         val_steps: int = 10,
         collapse_drop: float = 0.2,
         quiet: bool = False,
+        meta: dict | None = None,
     ) -> None:
         if attack not in OBJECTIVES:
             raise ValueError(f"attack must be one of {OBJECTIVES}, got {attack!r}")
@@ -105,6 +106,7 @@ class Trainer:
         self.val_steps = val_steps
         self.collapse_drop = collapse_drop
         self.quiet = quiet
+        self.meta = dict(meta or {})  # saved in checkpoints: what `advprune eval` needs to rebuild the model
         self.epoch = 0
         self.best_val = -1.0
         self.last_val = None
@@ -282,6 +284,7 @@ class Trainer:
             "best_val": self.best_val,
             "last_val": self.last_val,
             "attack": {"kind": self.attack, "steps": self.steps, "step_size": self.step_size},
+            "meta": self.meta,
         }
 
     def load(self, path: str | Path) -> None:

@@ -33,6 +33,8 @@ class MemoryLoader:
         dtype: torch.dtype = torch.float32,
         padding: int = 4,
     ) -> None:
+        if isinstance(images, np.ndarray) and not images.flags.writeable:
+            images = images.copy()  # torch wants writable memory (e.g. arrays read from a buffer)
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {list(images.shape)}")
