@@ -170,6 +170,7 @@ class Trainer:
             if self._path("last.pt") is None:
                 raise ValueError("resume=True needs the out_dir of the run to continue")
             self.load(self._path("last.pt"))
+            self._forget_metrics_from(self.epoch)
         while self.epoch < self.epochs:
             epoch = self.epoch
             record = self._run_epoch(train, epoch)
@@ -313,6 +314,16 @@ class Trainer:
         save_checkpoint(self.out_dir / "last.pt", state)
         if is_best:
             save_checkpoint(self.out_dir / "best.pt", state)
+
+    def _forget_metrics_from(self, epoch: int) -> None:
+        """Drops the metrics of epochs from `epoch` on (a killed run may have logged one past its checkpoint)."""
+        path = self._path("metrics.jsonl")
+        if path is None or not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < epoch]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
 
     def _append_metrics(self, record: dict) -> None:
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}

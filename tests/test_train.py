@@ -94,3 +94,36 @@ def test_amp_auto_and_bad_options(tmp_path):
         resolve_amp("fp8", torch.device("cpu"))
     with pytest.raises(ValueError, match="attack must be one of"):
         trainer(tmp_path, attack="cw")
+
+
+def test_sigkill_mid_epoch_resumes_from_an_intact_checkpoint(tmp_path):
+    """A run killed with SIGKILL leaves a loadable last.pt, and --resume finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from advprune.checkpoint import load_checkpoint
+    from advprune.cli import main
+
+    if not os.path.isdir(FASHION_MNIST_DIR):
+        pytest.skip("dataset-fashion-mnist is not installed")
+    out = tmp_path / "run"
+    argv = ["train", "--limit", "1024", "--epochs", "6", "--steps", "1", "--batch-size", "64", "--val-n", "64",
+            "--eval-n", "64", "--out", str(out), "--quiet"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "advprune.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.7)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    state = load_checkpoint(out / "last.pt")
+    done = state["epoch"]
+    assert 1 <= done < 6
+    assert main([*argv, "--resume"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(6))  # each epoch recorded once: the killed one ran again from its start
