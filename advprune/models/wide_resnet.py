@@ -7,24 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advprune.models.normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
-
-
-class WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.shortcut = (
-            None if in_planes == planes and stride == 1 else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + shortcut
+from advprune.models.preact_resnet import PreActBlock  # the same pre-activation block, wider
 
 
 class WideResNet(nn.Module):
@@ -42,7 +25,7 @@ class WideResNet(nn.Module):
         blocks, in_planes = [], widths[0]
         for stage, stride in zip(widths[1:], (1, 2, 2), strict=True):
             for i in range(n):
-                blocks.append(WideBlock(in_planes, stage, stride if i == 0 else 1))
+                blocks.append(PreActBlock(in_planes, stage, stride if i == 0 else 1))
                 in_planes = stage
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(in_planes)
