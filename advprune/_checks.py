@@ -45,8 +45,7 @@ def check_tensor_args(op: str, **tensors: object) -> None:
 
 
 def _check_float_tensor(op: str, name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    check_tensor_args(op, **{name: t})
     if t.layout != torch.strided:
         raise TypeError(f"{op}: {name} must be a dense (strided) tensor, got layout {t.layout}")
     if t.dtype not in FLOAT_DTYPES:

@@ -54,6 +54,11 @@ DEFAULT_MODEL = {"fashion-mnist": "small-cnn", "mnist": "small-cnn", "cifar10": 
                  "cifar100": "preact-resnet18", "folder": "preact-resnet18"}  # fmt: skip
 
 
+def _model_kwargs(name: str, channels: int) -> dict:
+    """The 32x32 models take RGB by default, the small CNN grayscale: say so when the data differ."""
+    return {} if name == "small-cnn" or channels == 3 else {"in_channels": channels}
+
+
 def _tensors(data, n: int | None = None):
     import torch
 
@@ -85,11 +90,10 @@ def train(args: argparse.Namespace) -> None:
         data = from_arrays(data.images[: args.limit], data.labels[: args.limit], data.classes)
     model_name = args.model or DEFAULT_MODEL[args.dataset]
     channels = data.images.shape[3]
-    model_kw = {} if model_name == "small-cnn" or channels == 3 else {"in_channels": channels}
-    model = models.create(model_name, data.num_classes, **model_kw)
+    model = models.create(model_name, data.num_classes, **_model_kwargs(model_name, channels))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loader = make_loader(
-        data if args.backend == "memory" else _beton_for(args, out, data),
+        data if args.backend == "memory" else _beton_for(out, data),
         backend=args.backend, batch_size=args.batch_size, device=device, seed=args.seed,
     )  # fmt: skip
     meta = {"model": model_name, "num_classes": data.num_classes, "in_channels": channels, "dataset": args.dataset,
@@ -107,7 +111,7 @@ def train(args: argparse.Namespace) -> None:
     print(format_result(result))
 
 
-def _beton_for(args: argparse.Namespace, out: Path, data) -> Path:
+def _beton_for(out: Path, data) -> Path:
     from advprune.data import write_beton
 
     path = out / "train.beton"
@@ -131,8 +135,9 @@ def eval_command(args: argparse.Namespace) -> None:
     meta = state.get("meta") or {}
     if "model" not in meta:
         raise UsageError(f"{args.checkpoint} does not say which model it holds (written by an older advprune?)")
-    kw = {} if meta["model"] == "small-cnn" or meta.get("in_channels", 3) == 3 else {"in_channels": meta["in_channels"]}
-    model = models.create(meta["model"], meta["num_classes"], **kw)
+    model = models.create(
+        meta["model"], meta["num_classes"], **_model_kwargs(meta["model"], meta.get("in_channels", 3))
+    )
     model.load_state_dict(state["model"])
     test = read_dataset(args.dataset or meta.get("dataset"), args.data_dir, train=False)
     eps = args.eps if args.eps is not None else meta.get("eps")
@@ -171,13 +176,13 @@ def load_config(path: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from advprune.attacks import LOSSES  # noqa: F401  (keeps the attack module importable at parse time)
     from advprune.data.readers import DATASETS
     from advprune.models import MODELS
     from advprune.train import OBJECTIVES
 
     parser = OneLineParser(prog="advprune", description="Fast adversarial training on pruned data.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    parser.subcommands = commands.choices  # name -> its parser, for --config defaults
 
     p = commands.add_parser("prepare", help="write a dataset as an FFCV .beton (image, label, sample id)")
     p.add_argument("--dataset", required=True, choices=DATASETS)
@@ -232,7 +237,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         config = load_config(args.config)
-        sub = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's parser
+        sub = parser.subcommands[args.command]
         known = {a.dest for a in sub._actions}
         unknown = sorted(set(config) - known)
         if unknown:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from advprune.data.beton import FIELDS
-from advprune.data.subset import SubsetSchedule
+from advprune.data.subset import SubsetLoader, SubsetSchedule
 
 
 @contextmanager
@@ -63,7 +63,7 @@ def image_shape(path: str | Path) -> tuple[int, int, int]:
     return tuple(int(d) for d in open_beton(path).handlers["image"].shape)
 
 
-class FfcvLoader:
+class FfcvLoader(SubsetLoader):
     """Yields (x, y, ids) from a .beton: x float in [0, 1] [B, C, H, W] channels_last on the device."""
 
     def __init__(
@@ -110,17 +110,6 @@ class FfcvLoader:
                 pipelines={"image": image, "label": list(ints), "id": list(ints)},
                 seed=seed,
             )
-
-    @property
-    def indices(self) -> torch.Tensor:
-        return self.schedule.indices
-
-    def set_indices(self, indices) -> None:
-        """Serve exactly these sample ids from the next epoch on (no pipeline rebuild)."""
-        self.schedule.set_indices(indices)
-
-    def __len__(self) -> int:
-        return self.schedule.num_batches()
 
     def _serve(self, order: torch.Tensor) -> None:
         """Points the ffcv Loader at this epoch's ids, in this order."""

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from advprune.data.subset import SubsetSchedule
+from advprune.data.subset import SubsetLoader, SubsetSchedule
 
 
-class MemoryLoader:
+class MemoryLoader(SubsetLoader):
     """Yields (x, y, ids): x float in [0, 1] [B, C, H, W] (channels_last), y and ids int64.
 
     `set_indices` changes the served subset from the next epoch on; `len()` follows it.
@@ -51,19 +51,6 @@ class MemoryLoader:
         self.schedule = SubsetSchedule(
             len(self.images), indices, batch_size=batch_size, order=order, seed=seed, drop_last=drop_last
         )
-
-    # -- the subset ---------------------------------------------------------
-
-    @property
-    def indices(self) -> torch.Tensor:
-        return self.schedule.indices
-
-    def set_indices(self, indices: torch.Tensor | np.ndarray) -> None:
-        """Serve exactly these sample ids from the next epoch on."""
-        self.schedule.set_indices(indices)
-
-    def __len__(self) -> int:
-        return self.schedule.num_batches()
 
     # -- iteration ----------------------------------------------------------
 

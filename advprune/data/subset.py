@@ -73,3 +73,20 @@ class SubsetSchedule:
     def batch_bounds(self, count: int) -> Iterator[tuple[int, int]]:
         for b in range(self.num_batches(count)):
             yield b * self.batch_size, min((b + 1) * self.batch_size, count)
+
+
+class SubsetLoader:
+    """What both loaders share: the served ids, set_indices for the next epoch, and len()."""
+
+    schedule: SubsetSchedule
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self.schedule.indices
+
+    def set_indices(self, indices: object) -> None:
+        """Serve exactly these sample ids from the next epoch on (no rebuild)."""
+        self.schedule.set_indices(indices)
+
+    def __len__(self) -> int:
+        return self.schedule.num_batches()
