@@ -68,45 +68,142 @@ def _tensors(data, n: int | None = None):
     return x, torch.from_numpy(labels.copy())
 
 
-def train(args: argparse.Namespace) -> None:
-    """PGD (or FGSM-RS, TRADES, clean) training, then clean and PGD-20 accuracy on the test set."""
-    import torch
-
-    from advprune import models
-    from advprune.data import from_arrays, make_loader
+def _training_data(args: argparse.Namespace):
+    """The training set (its first --limit samples) and the test set."""
+    from advprune.data import from_arrays
     from advprune.data.readers import read_dataset
-    from advprune.evaluate import evaluate, format_result
-    from advprune.train import Trainer
 
-    out = Path(args.out)
-    if (out / "last.pt").exists() and not args.resume:
-        raise UsageError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
-    started = time.perf_counter()
     data = read_dataset(args.dataset, args.data_dir, train=True)
     test = read_dataset(args.dataset, args.data_dir, train=False)
     if args.limit is not None:
         if args.limit < 1:
             raise UsageError(f"--limit must be >= 1, got {args.limit}")
         data = from_arrays(data.images[: args.limit], data.labels[: args.limit], data.classes)
-    model_name = args.model or DEFAULT_MODEL[args.dataset]
-    channels = data.images.shape[3]
-    model = models.create(model_name, data.num_classes, **_model_kwargs(model_name, channels))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loader = make_loader(
-        data if args.backend == "memory" else _beton_for(out, data),
-        backend=args.backend, batch_size=args.batch_size, device=device, seed=args.seed,
-    )  # fmt: skip
-    meta = {"model": model_name, "num_classes": data.num_classes, "in_channels": channels, "dataset": args.dataset,
-            "eps": args.eps, "attack": args.attack}  # fmt: skip
-    trainer = Trainer(
-        model, attack=args.attack, eps=args.eps, step_size=args.step_size, steps=args.steps, epochs=args.epochs,
-        lr=args.lr, lr_schedule=args.lr_schedule, amp=None if args.amp == "none" else args.amp, device=device,
-        out_dir=out, seed=args.seed, quiet=args.quiet, meta=meta,
-    )  # fmt: skip
-    trainer.fit(loader, _tensors(test, args.val_n), resume=args.resume)
+    return data, test
+
+
+class RunFactory:
+    """Builds this command's models, loaders and trainers from its options, so that the main run,
+    the warm-up runs of a scoring pass and `advprune score` all train the same way."""
+
+    def __init__(self, args: argparse.Namespace, data) -> None:
+        import torch
+
+        self.args, self.data = args, data
+        self.model_name = args.model or DEFAULT_MODEL[args.dataset]
+        self.channels = data.images.shape[3]
+        self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.meta = {"model": self.model_name, "num_classes": data.num_classes, "in_channels": self.channels,
+                     "dataset": args.dataset, "eps": args.eps, "attack": args.attack}  # fmt: skip
+
+    def model(self, seed: int):
+        import torch
+
+        from advprune import models
+
+        torch.manual_seed(seed)  # the initial weights follow the seed
+        return models.create(self.model_name, self.data.num_classes, **_model_kwargs(self.model_name, self.channels))
+
+    def loader(self, out: Path | None, *, indices=None, seed: int):
+        from advprune.data import make_loader
+
+        source = self.data if self.args.backend == "memory" or out is None else _beton_for(out, self.data)
+        backend = self.args.backend if out is not None else "memory"
+        return make_loader(source, backend=backend, batch_size=self.args.batch_size, device=self.device, seed=seed,
+                           indices=indices)  # fmt: skip
+
+    def trainer(self, model, *, epochs: int, out: Path | None, seed: int, quiet: bool, **hooks):
+        from advprune.train import Trainer
+
+        a = self.args
+        return Trainer(
+            model, attack=a.attack, eps=a.eps, step_size=a.step_size, steps=a.steps, epochs=epochs, lr=a.lr,
+            lr_schedule=a.lr_schedule, amp=None if a.amp == "none" else a.amp, device=self.device, out_dir=out,
+            seed=seed, quiet=quiet, meta=self.meta, **hooks,
+        )  # fmt: skip
+
+    def warmup_scores(self, epochs: int, seeds: int, attack: str):
+        """Scores averaged over `seeds` short runs of `epochs` epochs on all the data."""
+        from advprune.prune_setup import warmup_scores
+
+        if epochs < 1:
+            raise UsageError(f"--score-epochs must be >= 1, got {epochs}")
+
+        def train_briefly(seed: int, tracker):
+            run_seed = self.args.seed + 1000 * (seed + 1)
+            trainer = self.trainer(self.model(run_seed), epochs=epochs, out=None, seed=run_seed, quiet=True,
+                                   trackers=[tracker])  # fmt: skip
+            return trainer.fit(self.loader(None, seed=run_seed)).model
+
+        return warmup_scores(train_briefly, self.data, seeds=seeds, attack=attack, eps=self.args.eps,
+                             device=self.device)  # fmt: skip
+
+
+def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
+    """(kept ids or None, dynamic pruner or None, the record of the selection for metrics.jsonl)."""
+    import torch
+
+    from advprune.prune_setup import Stopwatch, dynamic_pruner, static_indices
+    from advprune.pruning import load_indices, parse_spec, save_indices
+    from advprune.scores import load_scores, save_scores
+
+    if args.prune is None:
+        if args.scores is not None:
+            raise UsageError("--scores is read by a score-based --prune (el2n:0.4, ccs:0.3, forgetting:0.5)")
+        return None, None, None
+    spec = parse_spec(args.prune)
+    n = len(factory.data)
+    record = {"phase": "pruning", "prune": args.prune, "scoring_seconds": 0.0}
+    if spec.is_dynamic:
+        if args.scores is not None:
+            raise UsageError(f"--prune {args.prune} uses the training losses, not --scores")
+        return None, dynamic_pruner(spec, n, args.epochs, seed=args.seed), record
+    kept_file = out / "kept.npy"
+    if args.resume and kept_file.is_file():
+        return load_indices(kept_file, n), None, None  # the selection of the run being resumed
+    scores = None
+    if spec.needs_scores and args.scores is not None:
+        scores, scores_meta = load_scores(args.scores)
+        record.update(scores_file=str(args.scores), scoring_seconds=float(scores_meta.get("seconds", 0.0)))
+    elif spec.needs_scores:
+        with Stopwatch() as watch:
+            scores = factory.warmup_scores(args.score_epochs, args.score_seeds, args.score_attack)
+        save_scores(out / "scores.npz", scores, {"seconds": watch.seconds, "warmup_epochs": args.score_epochs,
+                                                   "seeds": args.score_seeds, "attack": args.score_attack})  # fmt: skip
+        record.update(scores_file=str(out / "scores.npz"), scoring_seconds=watch.seconds)
+    labels = torch.from_numpy(factory.data.labels.astype("int64"))
+    indices = static_indices(spec, n, labels, scores=scores, class_balanced=args.class_balanced, seed=args.seed)
+    save_indices(kept_file, indices)
+    record["kept"] = len(indices)
+    return indices, None, record
+
+
+def train(args: argparse.Namespace) -> None:
+    """PGD (or FGSM-RS, TRADES, clean) training, optionally on pruned data, then clean and PGD-20 accuracy."""
+    from advprune.evaluate import evaluate, format_result
+    from advprune.scores import ForgettingTracker, save_scores
+
+    out = Path(args.out)
+    if (out / "last.pt").exists() and not args.resume:
+        raise UsageError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
+    started = time.perf_counter()
+    data, test = _training_data(args)
+    factory = RunFactory(args, data)
+    indices, pruner, record = _pruning(args, factory, out)
+    forgetting = ForgettingTracker(len(data))
+    trainer = factory.trainer(factory.model(args.seed), epochs=args.epochs, out=out, seed=args.seed, quiet=args.quiet,
+                              pruner=pruner, trackers=[forgetting])  # fmt: skip
+    if record is not None:
+        trainer.log(record)
+    trainer.fit(factory.loader(out, indices=indices, seed=args.seed), _tensors(test, args.val_n), resume=args.resume)
+    save_scores(out / "train_scores.npz", {"forgetting": forgetting.scores()},
+                {"source": "training run", "epochs": args.epochs, "prune": args.prune})  # fmt: skip
     x_test, y_test = _tensors(test, args.eval_n)
     result = evaluate(trainer.model, x_test, y_test, attack="pgd", eps=args.eps, steps=20, progress=not args.quiet)
     result["wall_seconds"] = time.perf_counter() - started
+    result["prune"] = args.prune
+    if record is not None:
+        result["scoring_seconds"] = record["scoring_seconds"]
     (out / "eval.json").write_text(json.dumps(result, indent=1))
     print(format_result(result))
 
@@ -119,6 +216,48 @@ def _beton_for(out: Path, data) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         write_beton(path, data.images, data.labels)
     return path
+
+
+# -------------------------------------------------------------------- score
+
+
+def score_command(args: argparse.Namespace) -> None:
+    """Per-sample scores of the training set, from checkpoints or short warm-up runs, saved for --scores."""
+    from advprune.checkpoint import load_checkpoint
+    from advprune.prune_setup import Stopwatch, score_model
+    from advprune.scores import average_scores, save_scores
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise UsageError(f"--out must name a .npz file, got {out}")
+    if bool(args.checkpoint) == (args.warmup_epochs is not None):
+        raise UsageError("score from --checkpoint FILE [FILE ...] or from --warmup-epochs W runs (one of the two)")
+    data, _ = _training_data(args)
+    with Stopwatch() as watch:
+        if args.checkpoint:
+            runs = []
+            for path in args.checkpoint:
+                state = load_checkpoint(path)
+                meta = state.get("meta") or {}
+                if "model" not in meta:
+                    raise UsageError(f"{path} does not say which model it holds (written by an older advprune?)")
+                args.model, args.eps = meta["model"], args.eps if args.eps is not None else meta.get("eps")
+                if args.attack_for_scores != "none" and args.eps is None:
+                    raise UsageError("the checkpoint records no eps: pass --eps")
+                factory = RunFactory(args, data)
+                model = factory.model(args.seed)
+                model.load_state_dict(state["model"])
+                runs.append(score_model(model, data, attack=args.attack_for_scores, eps=args.eps or 0.0,
+                                        steps=args.score_steps, device=factory.device, seed=args.seed))  # fmt: skip
+            scores = average_scores(runs)
+        else:
+            args.eps = 0.1 if args.eps is None else args.eps
+            factory = RunFactory(args, data)
+            scores = factory.warmup_scores(args.warmup_epochs, args.seeds, args.attack_for_scores)
+    meta = {"seconds": watch.seconds, "dataset": args.dataset, "limit": args.limit, "attack": args.attack_for_scores,
+            "checkpoints": args.checkpoint, "warmup_epochs": args.warmup_epochs, "seeds": args.seeds}  # fmt: skip
+    save_scores(out, scores, meta)
+    print(f"wrote {out}: {', '.join(sorted(scores))} for {len(data)} samples in {watch.seconds:.1f} s")
 
 
 # --------------------------------------------------------------------- eval
@@ -175,10 +314,27 @@ def load_config(path: str) -> dict:
     return {k.replace("-", "_"): v for k, v in config.items()}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from advprune.data.readers import DATASETS
+def _add_training_options(p: argparse.ArgumentParser, eps_default: float | None = 0.1) -> None:
+    """The options of how a model is trained: shared by train and score (its warm-up runs)."""
     from advprune.models import MODELS
     from advprune.train import OBJECTIVES
+
+    p.add_argument("--model", choices=tuple(MODELS), default=None, help="default: small-cnn for 28x28 data")
+    p.add_argument("--attack", choices=OBJECTIVES, default="pgd")
+    p.add_argument("--eps", type=number, default=eps_default, help="in [0, 1] pixel space; fractions (8/255) work")
+    p.add_argument("--step-size", type=number, default=0.025)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=number, default=0.05)
+    p.add_argument("--lr-schedule", choices=("piecewise", "cosine", "onecycle", "constant"), default="cosine")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
+    p.add_argument("--backend", choices=("memory", "ffcv"), default="memory")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from advprune.data.readers import DATASETS
 
     parser = OneLineParser(prog="advprune", description="Fast adversarial training on pruned data.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -196,26 +352,50 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None, help="a TOML or YAML file of options; flags override it")
     t.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     t.add_argument("--data-dir", default=None)
-    t.add_argument("--model", choices=tuple(MODELS), default=None, help="default: small-cnn for 28x28 data")
-    t.add_argument("--attack", choices=OBJECTIVES, default="pgd")
-    t.add_argument("--eps", type=number, default=0.1, help="in [0, 1] pixel space; fractions such as 8/255 work")
-    t.add_argument("--step-size", type=number, default=0.025)
-    t.add_argument("--steps", type=int, default=3)
+    _add_training_options(t)
     t.add_argument("--epochs", type=int, default=5)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=number, default=0.05)
-    t.add_argument("--lr-schedule", choices=("piecewise", "cosine", "onecycle", "constant"), default="cosine")
-    t.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
-    t.add_argument("--backend", choices=("memory", "ffcv"), default="memory")
     t.add_argument("--limit", type=int, default=None, help="train on the first N training samples")
+    t.add_argument(
+        "--prune",
+        default=None,
+        metavar="SPEC",
+        help="random:0.2 | balanced:0.2 | el2n:0.4 | ccs:0.3 | forgetting:0.5 | dynamic:0.5 | keep-hard:0.5",
+    )
+    t.add_argument("--scores", default=None, metavar="FILE", help="scores (.npz from advprune score) for --prune")
+    t.add_argument("--class-balanced", action="store_true", help="apply a score-based selector inside each class")
+    t.add_argument("--score-epochs", type=int, default=1, help="warm-up epochs of a scoring pass without --scores")
+    t.add_argument("--score-seeds", type=int, default=1, help="warm-up runs whose scores are averaged")
+    t.add_argument(
+        "--score-attack",
+        choices=("none", "fgsm", "pgd"),
+        default="fgsm",
+        help="adversarial inputs scored besides the clean ones (adv_el2n, ...)",
+    )
     t.add_argument("--val-n", type=int, default=500, help="held-out test samples checked after each epoch")
     t.add_argument("--eval-n", type=int, default=1000, help="test samples of the final evaluation")
-    t.add_argument("--device", default=None)
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=False, default=None, help="the run folder (checkpoints, metrics.jsonl)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(run=train)
+
+    sc = commands.add_parser("score", help="per-sample scores of the training set (for --prune ... --scores)")
+    sc.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    sc.add_argument("--data-dir", default=None)
+    sc.add_argument("--limit", type=int, default=None, help="score the first N training samples")
+    sc.add_argument("--checkpoint", nargs="+", default=None, help="checkpoints whose scores are averaged")
+    sc.add_argument("--warmup-epochs", type=int, default=None, help="or: train fresh models W epochs, then score")
+    sc.add_argument("--seeds", type=int, default=1, help="warm-up runs whose scores are averaged")
+    sc.add_argument(
+        "--score-attack",
+        dest="attack_for_scores",
+        choices=("none", "fgsm", "pgd"),
+        default="fgsm",
+        help="adversarial inputs scored besides the clean ones (adv_el2n, ...)",
+    )
+    sc.add_argument("--score-steps", type=int, default=2, help="PGD steps of --attack pgd")
+    sc.add_argument("--out", required=True, help="the .npz file to write (metadata beside it as .json)")
+    _add_training_options(sc, eps_default=None)
+    sc.set_defaults(run=score_command)
 
     e = commands.add_parser("eval", help="clean and robust accuracy of a checkpoint")
     e.add_argument("--checkpoint", required=True)

@@ -8,6 +8,7 @@ A pruner (any object) may have:
   - on_batch(ids, scores, adv_loss): ids, ops.sample_scores of the logits the step already
     computed, and the per-sample adversarial loss (no extra forward pass);
   - state_dict() / load_state_dict(state): saved in the checkpoints.
+Trackers (e.g. scores.ForgettingTracker) get the same on_batch call and are saved too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -54,6 +55,23 @@ def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
 
 
+class _Subset:
+    """What the trainer needs of data whose subset changes: set_indices, set_epoch, num_samples."""
+
+    def __init__(self, owner, num_samples: int | None, set_epoch) -> None:
+        self.set_indices, self.num_samples, self.set_epoch = owner.set_indices, num_samples, set_epoch
+
+
+def _subset_of(train) -> _Subset | None:
+    """An advprune loader, or a DataLoader over a PrunedSampler; None for other iterables."""
+    if hasattr(train, "set_indices") and hasattr(train, "schedule"):
+        return _Subset(train, train.schedule.n, lambda e: setattr(train.schedule, "epoch", e))
+    sampler = getattr(train, "sampler", None)
+    if hasattr(sampler, "set_indices") and hasattr(sampler, "set_epoch"):
+        return _Subset(sampler, getattr(sampler, "num_samples", None), sampler.set_epoch)
+    return None
+
+
 class Trainer:
     """Adversarial training of `model` with one of the objectives pgd (Madry), fgsm_rs (Wong),
     trades (Zhang, with beta) or clean. eps and step sizes are in [0, 1] pixel space."""
@@ -79,6 +97,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         seed: int = 0,
         pruner: object | None = None,
+        trackers: Sequence[object] = (),
         val_steps: int = 10,
         collapse_drop: float = 0.2,
         quiet: bool = False,
@@ -103,6 +122,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.pruner = pruner
+        self.trackers = list(trackers)
         self.val_steps = val_steps
         self.collapse_drop = collapse_drop
         self.quiet = quiet
@@ -128,8 +148,12 @@ class Trainer:
                 return attacks.trades_perturb(self.forward, x, step_size=self.step_size, steps=self.steps, **kw)
         return x
 
-    def train_step(self, x, y, ids, generator: torch.Generator, timing: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step on the adversarial batch; returns (per-sample loss, logits)."""
+    def train_step(
+        self, x, y, ids, generator: torch.Generator, timing: dict, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the adversarial batch; returns (per-sample loss, logits). The loss is
+        the sum over the batch divided by batch_size (the loader's, default len(y)), so that a short last
+        batch (common on pruned data) moves the weights in proportion to its samples, not as a full one."""
         t0 = time.perf_counter()
         x_adv = self._perturb(x, y, generator)
         t1 = time.perf_counter()
@@ -141,7 +165,8 @@ class Trainer:
             else:
                 per_sample = F.cross_entropy(logits.float(), y, reduction="none")
         weights = self.pruner.weights(ids) if hasattr(self.pruner, "weights") else None
-        loss = (per_sample * weights.to(per_sample)).mean() if weights is not None else per_sample.mean()
+        weighted = per_sample * weights.to(per_sample) if weights is not None else per_sample
+        loss = weighted.sum() / max(batch_size or 0, len(y))
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"the training loss became {loss.item()} at epoch {self.epoch}: lower the learning rate or "
@@ -152,8 +177,11 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         t2 = time.perf_counter()
-        if hasattr(self.pruner, "on_batch"):
-            self.pruner.on_batch(ids, ops.sample_scores(logits.detach(), y), per_sample.detach())
+        hooks = [h for h in (self.pruner, *self.trackers) if hasattr(h, "on_batch")]
+        if hooks:
+            scores, adv_loss = ops.sample_scores(logits.detach(), y), per_sample.detach()
+            for hook in hooks:
+                hook.on_batch(ids, scores, adv_loss)
         t3 = time.perf_counter()
         timing["attack"] += t1 - t0
         timing["update"] += t2 - t1
@@ -166,6 +194,12 @@ class Trainer:
         """Trains for the remaining epochs. train yields (x, y, ids) batches (an advprune loader,
         or any iterable); val is a fixed held-out batch (x, y) for clean and PGD accuracy.
         resume=True continues from out_dir/last.pt."""
+        if hasattr(self.pruner, "epoch_indices") and _subset_of(train) is None:
+            raise TypeError(
+                f"the pruner chooses each epoch's samples, but the training data ({type(train).__name__}) cannot "
+                "change its subset: use an advprune loader (make_loader) or a DataLoader with "
+                "sampler=advprune.pruning.PrunedSampler(..., num_samples=N)"
+            )
         if resume:
             if self._path("last.pt") is None:
                 raise ValueError("resume=True needs the out_dir of the run to continue")
@@ -183,16 +217,18 @@ class Trainer:
         return self
 
     def _run_epoch(self, train: Iterable, epoch: int) -> dict:
-        if hasattr(self.pruner, "epoch_indices") and hasattr(train, "set_indices"):
-            ids = self.pruner.epoch_indices(epoch, train.schedule.n)
+        subset = _subset_of(train)
+        if hasattr(self.pruner, "epoch_indices") and subset is not None:
+            ids = self.pruner.epoch_indices(epoch, subset.num_samples)
             if ids is not None:
-                train.set_indices(ids)
-        if hasattr(train, "schedule"):
-            train.schedule.epoch = epoch  # the loader's order follows the epoch, also after a resume
+                subset.set_indices(ids)
+        if subset is not None:
+            subset.set_epoch(epoch)  # the order follows the epoch, also after a resume
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
         timing = {"data": 0.0, "attack": 0.0, "update": 0.0, "scoring": 0.0}
         steps_in_epoch = len(train) if hasattr(train, "__len__") else 0
         samples, loss_sum, correct = 0, 0.0, 0
+        batch_size = getattr(getattr(train, "schedule", None), "batch_size", None) or getattr(train, "batch_size", None)
         start = time.perf_counter()
         tick = start
         batches = train if self.quiet else self._progress(train, epoch, steps_in_epoch)
@@ -201,7 +237,7 @@ class Trainer:
             y, ids = y.to(self.device, non_blocking=True), ids.to(self.device, non_blocking=True)
             timing["data"] += time.perf_counter() - tick
             lr = self.schedule.apply(self.optimizer, epoch, step, steps_in_epoch or step + 1)
-            per_sample, logits = self.train_step(x, y, ids, generator, timing)
+            per_sample, logits = self.train_step(x, y, ids, generator, timing, batch_size)
             samples += len(y)
             loss_sum += float(per_sample.sum())
             correct += int((logits.argmax(1) == y).sum())
@@ -253,7 +289,8 @@ class Trainer:
             self.step_size /= 2
             change = f"halved the attack step to {self.step_size:.5g}"
         last = self._path("last.pt")
-        restore = last is not None and last.is_file() and len(self.events) < 3 * self.epochs
+        retries = sum(e.startswith(f"epoch {record['epoch']}:") for e in self.events)
+        restore = last is not None and last.is_file() and retries < 2  # an epoch is retried twice at most
         event = (
             f"epoch {record['epoch']}: PGD accuracy fell from {previous:.3f} to {now:.3f}; "
             f"{'restored the last checkpoint and ' if restore else ''}{change}"
@@ -281,6 +318,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "pruner": self.pruner.state_dict() if hasattr(self.pruner, "state_dict") else None,
+            "trackers": [t.state_dict() if hasattr(t, "state_dict") else None for t in self.trackers],
             "epoch": self.epoch,
             "best_val": self.best_val,
             "last_val": self.last_val,
@@ -298,6 +336,9 @@ class Trainer:
         set_rng_state(state["rng"])
         if state.get("pruner") is not None and hasattr(self.pruner, "load_state_dict"):
             self.pruner.load_state_dict(state["pruner"])
+        for tracker, saved in zip(self.trackers, state.get("trackers") or [], strict=False):
+            if saved is not None and hasattr(tracker, "load_state_dict"):
+                tracker.load_state_dict(saved)
         self.epoch, self.best_val, self.last_val = state["epoch"], state["best_val"], state["last_val"]
         attack = state["attack"]
         self.attack, self.steps, self.step_size = attack["kind"], attack["steps"], attack["step_size"]
@@ -320,10 +361,14 @@ class Trainer:
         path = self._path("metrics.jsonl")
         if path is None or not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < epoch]
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("epoch", -1) < epoch]
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(path)
+
+    def log(self, record: dict) -> None:
+        """Appends a record that is not an epoch (e.g. {"phase": "scoring", "scoring_seconds": ...})."""
+        self._append_metrics(record)
 
     def _append_metrics(self, record: dict) -> None:
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}

@@ -1,0 +1,124 @@
+"""From a prune spec to what a training run needs: the kept ids of a static selector
+(over scores from a file, or from a short warm-up run scored here), or a dynamic pruner.
+Used by the `advprune` command; the pieces work on their own too."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from advprune.data import make_loader
+from advprune.data.readers import Dataset
+from advprune.pruning import DynamicPruner, KeepHardPruner, PruneSpec, select
+from advprune.scores import ForgettingTracker, average_scores, score_pass
+
+EASY_IS_HIGH = ("margin", "confidence", "adv_margin", "adv_confidence")  # negated to rank hardest-first
+
+
+def ranking(scores: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """The named score with higher = harder; ValueError listing the scores there are."""
+    if name not in scores:
+        raise ValueError(f"the scores hold no {name!r} (they hold {', '.join(sorted(scores))})")
+    values = scores[name].to(torch.float64)
+    return -values if name in EASY_IS_HIGH else values
+
+
+def score_model(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    attack: str = "fgsm",
+    eps: float = 0.0,
+    steps: int = 2,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Clean scores of every sample, and with attack fgsm or pgd the same on adversarial inputs
+    under names prefixed adv_ (adv_el2n, adv_loss, ...)."""
+
+    def batches():
+        return make_loader(data, backend="memory", batch_size=batch_size, order="sequential", augment=False,
+                           device=device)  # fmt: skip
+
+    model = model.to(device)
+    scores = score_pass(model, batches(), len(data), device=device)
+    if attack != "none":
+        adv = score_pass(model, batches(), len(data), attack=attack, eps=eps, steps=steps, seed=seed, device=device)
+        scores.update({f"adv_{name}": values for name, values in adv.items()})
+    return scores
+
+
+def warmup_scores(
+    train_briefly: Callable[[int, ForgettingTracker], nn.Module],
+    data: Dataset,
+    *,
+    seeds: int = 1,
+    **score_kwargs,
+) -> dict[str, torch.Tensor]:
+    """Scores averaged over `seeds` short runs: train_briefly(seed, tracker) trains a fresh model
+    for the warm-up epochs (feeding the tracker) and returns it; each is scored on all data."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    runs = []
+    for seed in range(seeds):
+        tracker = ForgettingTracker(len(data))
+        model = train_briefly(seed, tracker)
+        scores = score_model(model, data, seed=seed, **score_kwargs)
+        scores["forgetting"] = tracker.scores().to(torch.float32)
+        runs.append(scores)
+    return average_scores(runs)
+
+
+def static_indices(
+    spec: PruneSpec,
+    num_samples: int,
+    labels: torch.Tensor,
+    *,
+    scores: dict[str, torch.Tensor] | None = None,
+    class_balanced: bool = False,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The kept ids of a static spec (random, balanced, hardest/easiest/ccs by a score)."""
+    if spec.is_dynamic:
+        raise ValueError(f"{spec.method} prunes each epoch: it has no fixed selection")
+    if spec.needs_scores:
+        if scores is None:
+            raise ValueError(f"{spec.method}:{spec.fraction} ranks by {spec.score}: it needs scores")
+        values = ranking(scores, spec.score)
+        if len(values) != num_samples:
+            raise ValueError(
+                f"the scores cover {len(values)} samples but the training set has {num_samples}: "
+                "score the same data (the same --limit)"
+            )
+    else:
+        values = num_samples
+    use_labels = spec.method == "balanced" or class_balanced
+    return select(values, spec.fraction, spec.method, labels=labels if use_labels else None, seed=seed,
+                  class_balanced=use_labels)  # fmt: skip
+
+
+def dynamic_pruner(spec: PruneSpec, num_samples: int, epochs: int, seed: int = 0) -> DynamicPruner | KeepHardPruner:
+    """dynamic:R drops a share R of the below-mean-loss samples each epoch; keep-hard:F keeps a share F."""
+    if spec.method == "dynamic":
+        return DynamicPruner(num_samples, epochs, ratio=spec.fraction, seed=seed)
+    if spec.method == "keep-hard":
+        return KeepHardPruner(num_samples, epochs, keep=spec.fraction, seed=seed)
+    raise ValueError(f"{spec.method} is a static selector, not a dynamic pruner")
+
+
+class Stopwatch:
+    """Seconds spent in a block, accumulated."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds += time.perf_counter() - self._start
