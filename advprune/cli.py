@@ -158,6 +158,8 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
         if args.scores is not None:
             raise UsageError(f"--prune {args.prune} uses the training losses, not --scores")
         return None, dynamic_pruner(spec, n, args.epochs, seed=args.seed), record
+    if args.scores is not None and not spec.needs_scores:
+        raise UsageError(f"--scores is read by a score-based --prune (el2n:0.4, ccs:0.3), not by {spec.method}")
     kept_file = out / "kept.npy"
     if args.resume and kept_file.is_file():
         return load_indices(kept_file, n), None, None  # the selection of the run being resumed

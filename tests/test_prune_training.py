@@ -1,0 +1,201 @@
+"""Pruning in training: the Trainer with a dynamic pruner (resume selects the same subsets;
+any DataLoader over a PrunedSampler works), and `advprune train --prune` end to end with
+each strategy on a small real subset of Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from advprune.cli import main
+from advprune.data.readers import FASHION_MNIST_DIR
+from advprune.pruning import DynamicPruner, KeepHardPruner, PrunedSampler, load_indices
+from advprune.scores import load_scores
+from tests.test_train import fashion, loader, trainer  # noqa: F401 (fashion is a fixture)
+
+needs_fashion = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
+
+
+def recorded(data_loader):
+    """The loader, with every subset handed to it recorded."""
+    subsets = []
+    original = data_loader.set_indices
+
+    def set_indices(ids):
+        subsets.append(torch.as_tensor(ids).clone())
+        original(ids)
+
+    data_loader.set_indices = set_indices
+    return data_loader, subsets
+
+
+def test_dynamic_pruning_trains_fewer_samples_and_resumes_the_same_subsets(tmp_path, fashion):  # noqa: F811
+    train, val = fashion
+    straight_loader, straight = recorded(loader(train))
+    run = trainer(tmp_path / "a", epochs=4, pruner=DynamicPruner(512, 4, ratio=0.5)).fit(straight_loader, val)
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    samples = [r["samples"] for r in records]
+    assert samples[0] == 512 and samples[1] < 512 and samples[2] < 512 and samples[3] == 512  # annealed at the end
+    first_loader, _ = recorded(loader(train))
+    first = trainer(tmp_path / "b", epochs=4, pruner=DynamicPruner(512, 4, ratio=0.5))
+    first.epochs = 2  # interrupted after two epochs
+    first.fit(first_loader, val)
+    resumed_loader, resumed = recorded(loader(train))
+    again = trainer(tmp_path / "b", epochs=4, pruner=DynamicPruner(512, 4, ratio=0.5))
+    again.fit(resumed_loader, val, resume=True)
+    assert torch.equal(resumed[0], straight[2]) and torch.equal(resumed[1], straight[3])
+    for (name, a), b in zip(run.model.state_dict().items(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+class IndexedImages(Dataset):
+    """A plain torch Dataset yielding (x, y, id), as another codebase would have."""
+
+    def __init__(self, data) -> None:
+        self.x = torch.from_numpy(data.images.copy()).permute(0, 3, 1, 2).float() / 255
+        self.y = torch.from_numpy(data.labels.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i], i
+
+
+def test_a_dataloader_over_a_pruned_sampler_takes_the_pruners_subsets(tmp_path, fashion):  # noqa: F811
+    train, val = fashion
+    sampler = PrunedSampler(torch.arange(512), num_samples=512, seed=0)
+    data_loader = DataLoader(IndexedImages(train), batch_size=64, sampler=sampler)
+    trainer(tmp_path, epochs=2, pruner=KeepHardPruner(512, 2, keep=0.25)).fit(data_loader, val)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples"] for r in records] == [128, 128]
+
+
+def test_a_pruner_needs_data_that_can_change_its_subset(tmp_path, fashion):  # noqa: F811
+    train, _ = fashion
+    batches = list(loader(train))
+    with pytest.raises(TypeError, match="cannot change its subset"):
+        trainer(tmp_path, pruner=DynamicPruner(512, 2)).fit(batches)
+
+
+# -------------------------------------------------------------- the command
+
+BASE = ["--limit", "512", "--epochs", "2", "--steps", "1", "--eval-n", "64", "--val-n", "64", "--batch-size", "64",
+        "--quiet"]  # fmt: skip
+
+
+def train_run(out: Path, *extra: str) -> tuple[list[dict], dict]:
+    assert main(["train", *BASE, "--out", str(out), *extra]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return lines, json.loads((out / "eval.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """A run on all 512 samples: its train_scores.npz holds the forgetting counts."""
+    if not Path(FASHION_MNIST_DIR).is_dir():
+        pytest.skip("dataset-fashion-mnist is missing")
+    out = tmp_path_factory.mktemp("full") / "run"
+    train_run(out)
+    return out
+
+
+@needs_fashion
+@pytest.mark.parametrize("spec,kept", [("random:0.5", 256), ("balanced:0.25", 128), ("el2n:0.5", 256)])
+def test_train_with_a_static_spec(tmp_path, spec, kept):
+    metrics, result = train_run(tmp_path / "run", "--prune", spec)
+    selection, *epochs = metrics
+    assert selection["phase"] == "pruning" and selection["kept"] == kept
+    assert [r["samples"] for r in epochs] == [kept, kept]
+    assert len(load_indices(tmp_path / "run" / "kept.npy", 512)) == kept
+    assert 0 <= result["robust_acc"] <= result["clean_acc"] and result["prune"] == spec
+    if spec.startswith("el2n"):  # scored by a warm-up epoch inside the run, and timed
+        assert selection["scoring_seconds"] > 0 and result["scoring_seconds"] == selection["scoring_seconds"]
+        scores, meta = load_scores(tmp_path / "run" / "scores.npz")
+        assert len(scores["el2n"]) == 512 and meta["warmup_epochs"] == 1
+
+
+@needs_fashion
+def test_train_with_forgetting_scores_of_an_earlier_run(tmp_path, full_run):
+    metrics, _ = train_run(
+        tmp_path / "run", "--prune", "forgetting:0.5", "--scores", str(full_run / "train_scores.npz")
+    )
+    assert metrics[0]["kept"] == 256 and metrics[0]["scores_file"].endswith("train_scores.npz")
+
+
+@needs_fashion
+def test_score_command_then_ccs(tmp_path):
+    scores = tmp_path / "scores.npz"
+    argv = [
+        "score",
+        "--limit",
+        "512",
+        "--warmup-epochs",
+        "1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "64",
+        "--out",
+        str(scores),
+    ]
+    assert main(argv) == 0
+    loaded, meta = load_scores(scores)
+    assert {"el2n", "adv_el2n", "grand", "forgetting"} <= set(loaded) and meta["seconds"] > 0
+    metrics, _ = train_run(tmp_path / "run", "--prune", "ccs:0.3", "--scores", str(scores), "--class-balanced")
+    assert metrics[0]["kept"] == 154 and metrics[0]["scoring_seconds"] == meta["seconds"]
+
+
+@needs_fashion
+def test_score_command_from_checkpoints(tmp_path, full_run):
+    out = tmp_path / "ckpt.npz"
+    argv = ["score", "--limit", "512", "--checkpoint", str(full_run / "last.pt"), str(full_run / "best.pt"),
+            "--score-attack", "pgd", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    loaded, meta = load_scores(out)
+    assert len(loaded["adv_loss"]) == 512 and (loaded["adv_loss"] > loaded["loss"]).float().mean() > 0.9
+    assert len(meta["checkpoints"]) == 2
+
+
+@needs_fashion
+@pytest.mark.parametrize("spec", ["dynamic:0.5", "keep-hard:0.5"])
+def test_train_with_a_dynamic_spec(tmp_path, spec):
+    metrics, result = train_run(tmp_path / "run", "--prune", spec, "--epochs", "3")
+    epochs = metrics[1:]
+    if spec.startswith("dynamic"):
+        assert epochs[0]["samples"] == 512 and epochs[1]["samples"] < 512 and epochs[2]["samples"] == 512
+    else:
+        assert [r["samples"] for r in epochs] == [256, 256, 256]
+    assert result["prune"] == spec
+
+
+@needs_fashion
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--prune", "bogus:0.2"], "unknown method 'bogus'"),
+        (["--prune", "random:1.5"], "the kept fraction must be in (0, 1], got 1.5"),
+        (["--prune", "random:0.5", "--scores", "s.npz"], "--scores is read by a score-based --prune"),
+        (["--scores", "s.npz"], "--scores is read by a score-based --prune"),
+        (["--prune", "el2n:0.5", "--scores", "missing.npz"], "no scores file at missing.npz"),
+        (["--prune", "dynamic:0.5", "--scores", "s.npz"], "uses the training losses, not --scores"),
+    ],
+)
+def test_train_refuses_bad_prune_options(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *BASE, "--out", "run", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@needs_fashion
+def test_scores_of_other_data_are_refused(tmp_path, full_run, capsys):
+    argv = ["train", *BASE, "--limit", "256", "--out", str(tmp_path / "run"), "--prune", "forgetting:0.5",
+            "--scores", str(full_run / "train_scores.npz")]  # fmt: skip
+    assert main(argv) == 2
+    assert "the scores cover 512 samples but the training set has 256" in capsys.readouterr().err
