@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup build run test test-cpp test-py bench bench-loaders lint clean
+.PHONY: setup build run test test-cpp test-py bench bench-loaders bench-prune lint clean
 
 setup:
 	bash scripts/setup.sh
@@ -29,6 +29,10 @@ bench: setup
 
 bench-loaders: setup
 	$(PY) bench/loaders.py
+
+# Each pruning strategy on the main job's setting: accuracy, wall time, epoch-time ratios (about 30 min here).
+bench-prune: setup
+	$(PY) bench/prune.py
 
 lint:
 	$(VENV)/bin/ruff check advprune tests bench build_tools setup.py

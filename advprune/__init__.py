@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from advprune import attacks, models, ops
+from advprune import attacks, models, ops, pruning, scores
 from advprune.ops import build_info
 from advprune.train import Trainer
 
-__all__ = ["Trainer", "__version__", "attacks", "build_info", "models", "ops"]
+__all__ = ["Trainer", "__version__", "attacks", "build_info", "models", "ops", "pruning", "scores"]

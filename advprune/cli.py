@@ -163,6 +163,9 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
     kept_file = out / "kept.npy"
     if args.resume and kept_file.is_file():
         return load_indices(kept_file, n), None, None  # the selection of the run being resumed
+    labels = torch.from_numpy(factory.data.labels.astype("int64"))
+    if spec.needs_scores and args.scores is None and not args.score_pass:
+        return None, _warmup_selector(args, spec, n, labels), {**record, "scores": "the training step"}
     scores = None
     if spec.needs_scores and args.scores is not None:
         scores, scores_meta = load_scores(args.scores)
@@ -173,16 +176,32 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
         save_scores(out / "scores.npz", scores, {"seconds": watch.seconds, "warmup_epochs": args.score_epochs,
                                                    "seeds": args.score_seeds, "attack": args.score_attack})  # fmt: skip
         record.update(scores_file=str(out / "scores.npz"), scoring_seconds=watch.seconds)
-    labels = torch.from_numpy(factory.data.labels.astype("int64"))
     indices = static_indices(spec, n, labels, scores=scores, class_balanced=args.class_balanced, seed=args.seed)
     save_indices(kept_file, indices)
     record["kept"] = len(indices)
     return indices, None, record
 
 
+STEP_SCORE_NAMES = {"el2n": "adv_el2n", "loss": "adv_loss", "margin": "adv_margin", "forgetting": "forgetting",
+                    "adv_el2n": "adv_el2n", "adv_loss": "adv_loss", "adv_margin": "adv_margin"}  # fmt: skip
+
+
+def _warmup_selector(args: argparse.Namespace, spec, n: int, labels):
+    """In-run scoring: the first --score-epochs epochs on all data record the step's scores, then select."""
+    from advprune.pruning import WarmupSelector
+
+    if spec.score not in STEP_SCORE_NAMES:
+        raise UsageError(f"{spec.score} is not among the training step's scores: add --score-pass or --scores FILE")
+    if not 1 <= args.score_epochs < args.epochs:
+        raise UsageError(f"--score-epochs must be >= 1 and below --epochs ({args.epochs}), got {args.score_epochs}")
+    return WarmupSelector(n, spec.fraction, spec.method, STEP_SCORE_NAMES[spec.score], warmup_epochs=args.score_epochs,
+                          labels=labels, class_balanced=args.class_balanced, seed=args.seed)  # fmt: skip
+
+
 def train(args: argparse.Namespace) -> None:
     """PGD (or FGSM-RS, TRADES, clean) training, optionally on pruned data, then clean and PGD-20 accuracy."""
     from advprune.evaluate import evaluate, format_result
+    from advprune.pruning import save_indices
     from advprune.scores import ForgettingTracker, save_scores
 
     out = Path(args.out)
@@ -195,11 +214,14 @@ def train(args: argparse.Namespace) -> None:
     forgetting = ForgettingTracker(len(data))
     trainer = factory.trainer(factory.model(args.seed), epochs=args.epochs, out=out, seed=args.seed, quiet=args.quiet,
                               pruner=pruner, trackers=[forgetting])  # fmt: skip
-    if record is not None:
+    if record is not None and not args.resume:
         trainer.log(record)
     trainer.fit(factory.loader(out, indices=indices, seed=args.seed), _tensors(test, args.val_n), resume=args.resume)
     save_scores(out / "train_scores.npz", {"forgetting": forgetting.scores()},
                 {"source": "training run", "epochs": args.epochs, "prune": args.prune})  # fmt: skip
+    if getattr(pruner, "kept", None) is not None:  # selected in the run from the step's scores
+        save_indices(out / "kept.npy", pruner.kept)
+        save_scores(out / "scores.npz", pruner.scores(), {"source": "training step", "epochs": args.score_epochs})
     x_test, y_test = _tensors(test, args.eval_n)
     result = evaluate(trainer.model, x_test, y_test, attack="pgd", eps=args.eps, steps=20, progress=not args.quiet)
     result["wall_seconds"] = time.perf_counter() - started
@@ -365,8 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--scores", default=None, metavar="FILE", help="scores (.npz from advprune score) for --prune")
     t.add_argument("--class-balanced", action="store_true", help="apply a score-based selector inside each class")
-    t.add_argument("--score-epochs", type=int, default=1, help="warm-up epochs of a scoring pass without --scores")
-    t.add_argument("--score-seeds", type=int, default=1, help="warm-up runs whose scores are averaged")
+    t.add_argument(
+        "--score-epochs",
+        type=int,
+        default=1,
+        help="without --scores: the first epochs, on all data, whose training steps score the samples",
+    )
+    t.add_argument(
+        "--score-pass",
+        action="store_true",
+        help="score with separate warm-up runs and a scoring pass instead (any score, e.g. grand)",
+    )
+    t.add_argument("--score-seeds", type=int, default=1, help="warm-up runs whose scores are averaged (--score-pass)")
     t.add_argument(
         "--score-attack",
         choices=("none", "fgsm", "pgd"),

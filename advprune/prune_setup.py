@@ -13,17 +13,8 @@ from torch import nn
 from advprune.data import make_loader
 from advprune.data.readers import Dataset
 from advprune.pruning import DynamicPruner, KeepHardPruner, PruneSpec, select
+from advprune.pruning.select import hardness
 from advprune.scores import ForgettingTracker, average_scores, score_pass
-
-EASY_IS_HIGH = ("margin", "confidence", "adv_margin", "adv_confidence")  # negated to rank hardest-first
-
-
-def ranking(scores: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """The named score with higher = harder; ValueError listing the scores there are."""
-    if name not in scores:
-        raise ValueError(f"the scores hold no {name!r} (they hold {', '.join(sorted(scores))})")
-    values = scores[name].to(torch.float64)
-    return -values if name in EASY_IS_HIGH else values
 
 
 def score_model(
@@ -88,7 +79,7 @@ def static_indices(
     if spec.needs_scores:
         if scores is None:
             raise ValueError(f"{spec.method}:{spec.fraction} ranks by {spec.score}: it needs scores")
-        values = ranking(scores, spec.score)
+        values = hardness(scores, spec.score)
         if len(values) != num_samples:
             raise ValueError(
                 f"the scores cover {len(values)} samples but the training set has {num_samples}: "

@@ -1,6 +1,7 @@
 """Pruning strategies on the main job's setting: PGD-3 adversarial training of the small CNN
 at eps 0.1 on Fashion-MNIST (20,000 training images, 5 epochs, batch 128), one
-`advprune train --prune SPEC` run per strategy, in one process, in sequence; then clean and
+`advprune train --prune SPEC` run per strategy, in one process, in sequence (score-based specs
+score in the run, from its first epoch's training steps, unless --shared-scores); then clean and
 PGD-20 accuracy on 1,000 test images and the total wall time including scoring.
 
 The epoch-time rows compare the median epoch of a pruned run with that of the full run
@@ -60,13 +61,18 @@ def main() -> None:
     parser.add_argument("--specs", nargs="+", default=DEFAULT_SPECS)
     parser.add_argument("--work", default="bench/results/prune-runs")
     parser.add_argument("--out", default="bench/results/prune.json")
+    parser.add_argument(
+        "--shared-scores",
+        action="store_true",
+        help="score once (a warm-up run and a scoring pass) for all scored specs, instead of in each run",
+    )
     args = parser.parse_args()
     work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S")
     common = ["--dataset", "fashion-mnist", "--attack", "pgd", "--eps", "0.1", "--step-size", "0.025", "--steps", "3",
               "--epochs", str(args.epochs), "--limit", str(args.limit), "--batch-size", "128", "--quiet"]  # fmt: skip
 
     scores = None
-    if any(s.split(":")[0] in SCORED for s in args.specs):
+    if args.shared_scores and any(s.split(":")[0] in SCORED for s in args.specs):
         scores = work / "scores.npz"  # one scoring pass (a warm-up epoch, FGSM scores) shared by the scored runs
         argv = ["score", "--limit", str(args.limit), "--warmup-epochs", "1", "--steps", "3", "--step-size", "0.025",
                 "--eps", "0.1", "--out", str(scores)]  # fmt: skip

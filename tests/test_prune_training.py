@@ -106,18 +106,37 @@ def full_run(tmp_path_factory):
 
 
 @needs_fashion
-@pytest.mark.parametrize("spec,kept", [("random:0.5", 256), ("balanced:0.25", 128), ("el2n:0.5", 256)])
-def test_train_with_a_static_spec(tmp_path, spec, kept):
-    metrics, result = train_run(tmp_path / "run", "--prune", spec)
+@pytest.mark.parametrize(
+    "spec,extra,kept",
+    [("random:0.5", [], 256), ("balanced:0.25", [], 128), ("el2n:0.5", ["--score-pass", "--score-attack", "pgd"], 256)],
+)
+def test_train_with_a_static_spec(tmp_path, spec, extra, kept):
+    metrics, result = train_run(tmp_path / "run", "--prune", spec, *extra)
     selection, *epochs = metrics
     assert selection["phase"] == "pruning" and selection["kept"] == kept
     assert [r["samples"] for r in epochs] == [kept, kept]
     assert len(load_indices(tmp_path / "run" / "kept.npy", 512)) == kept
     assert 0 <= result["robust_acc"] <= result["clean_acc"] and result["prune"] == spec
-    if spec.startswith("el2n"):  # scored by a warm-up epoch inside the run, and timed
+    if spec.startswith("el2n"):  # scored by a warm-up run and a scoring pass inside the run, and timed
         assert selection["scoring_seconds"] > 0 and result["scoring_seconds"] == selection["scoring_seconds"]
         scores, meta = load_scores(tmp_path / "run" / "scores.npz")
-        assert len(scores["el2n"]) == 512 and meta["warmup_epochs"] == 1
+        assert len(scores["adv_el2n"]) == 512 and meta["warmup_epochs"] == 1 and meta["attack"] == "pgd"
+
+
+@needs_fashion
+@pytest.mark.parametrize("spec", ["ccs:0.25", "el2n:0.25", "forgetting:0.25", "easiest:0.25:margin"])
+def test_train_scoring_in_the_run(tmp_path, spec):
+    """Without --scores, the first epoch trains on all data and its steps score the samples; no extra pass."""
+    metrics, _ = train_run(tmp_path / "run", "--prune", spec, "--epochs", "3", "--class-balanced")
+    selection, *epochs = metrics
+    assert selection["scores"] == "the training step" and selection["scoring_seconds"] == 0
+    assert [r["samples"] for r in epochs] == [512, 128, 128]
+    kept = load_indices(tmp_path / "run" / "kept.npy", 512)
+    scores, _ = load_scores(tmp_path / "run" / "scores.npz")
+    assert len(kept) == 128 and {"adv_el2n", "adv_loss", "adv_margin", "forgetting"} == set(scores)
+    if spec.startswith("el2n"):  # the hardest quarter of each class by the first epoch's adversarial EL2N
+        el2n = scores["adv_el2n"]
+        assert el2n[kept].mean() > el2n.mean()
 
 
 @needs_fashion
@@ -184,6 +203,8 @@ def test_train_with_a_dynamic_spec(tmp_path, spec):
         (["--scores", "s.npz"], "--scores is read by a score-based --prune"),
         (["--prune", "el2n:0.5", "--scores", "missing.npz"], "no scores file at missing.npz"),
         (["--prune", "dynamic:0.5", "--scores", "s.npz"], "uses the training losses, not --scores"),
+        (["--prune", "grand:0.5"], "grand is not among the training step's scores: add --score-pass"),
+        (["--prune", "ccs:0.5", "--score-epochs", "2"], "--score-epochs must be >= 1 and below --epochs (2)"),
     ],
 )
 def test_train_refuses_bad_prune_options(tmp_path, monkeypatch, capsys, extra, message):

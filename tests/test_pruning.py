@@ -310,3 +310,29 @@ def test_parse_spec_refuses(text, message):
     with pytest.raises(ValueError) as info:
         parse_spec(text)
     assert message in str(info.value)
+
+
+def test_warmup_selector_selects_once_from_the_step_scores_and_resumes():
+    from advprune.ops import SampleScores
+    from advprune.pruning import WarmupSelector
+
+    n = 400
+    g = torch.Generator().manual_seed(0)
+    el2n, loss = torch.rand(n, generator=g), torch.rand(n, generator=g)
+    selector = WarmupSelector(n, 0.25, "hardest", "adv_el2n", warmup_epochs=2)
+    for epoch in range(2):
+        assert torch.equal(selector.epoch_indices(epoch, n), torch.arange(n))
+        correct = torch.rand(n, generator=g) < 0.5
+        for ids in torch.arange(n).split(64):
+            selector.on_batch(ids, SampleScores(loss[ids], -el2n[ids], el2n[ids], None, None, correct[ids]), loss[ids])
+    kept = selector.epoch_indices(2, n)
+    assert set(kept.tolist()) == set(torch.argsort(el2n, descending=True)[:100].tolist())
+    selector.on_batch(torch.arange(n), SampleScores(loss, el2n, -el2n, None, None, correct), loss)  # ignored now
+    assert torch.equal(selector.epoch_indices(3, n), kept)
+    again = WarmupSelector(n, 0.25, "hardest", "adv_el2n", warmup_epochs=2)
+    again.load_state_dict(selector.state_dict())
+    assert torch.equal(again.epoch_indices(4, n), kept)
+    with pytest.raises(ValueError, match="the training step records"):
+        WarmupSelector(n, 0.25, score="grand")
+    with pytest.raises(ValueError, match="fraction must be a number in"):
+        WarmupSelector(n, 0.0)

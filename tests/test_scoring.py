@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from advprune import ops
 from advprune.data import from_arrays
-from advprune.prune_setup import ranking, score_model, static_indices
+from advprune.prune_setup import score_model, static_indices
 from advprune.pruning import parse_spec
+from advprune.pruning.select import hardness
 from advprune.scores import ForgettingTracker, average_scores, load_scores, save_scores, score_pass
 
 
@@ -105,4 +106,4 @@ def test_static_indices_from_scores():
     with pytest.raises(ValueError, match="the scores cover 100 samples but the training set has 90"):
         static_indices(parse_spec("el2n:0.3"), 90, labels[:90], scores=scores)
     with pytest.raises(ValueError, match="hold no 'grand'"):
-        ranking(scores, "grand")
+        hardness(scores, "grand")

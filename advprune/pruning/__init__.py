@@ -3,8 +3,9 @@ the training step's adversarial losses, a Sampler for any DataLoader, and .npy s
 
 from advprune.pruning.dynamic import DynamicPruner, KeepHardPruner, LossMemory
 from advprune.pruning.sampler import PrunedSampler, load_indices, save_indices
-from advprune.pruning.select import METHODS, class_quotas, kept_count, select
+from advprune.pruning.select import METHODS, class_quotas, hardness, kept_count, select
 from advprune.pruning.spec import PruneSpec, parse_spec
+from advprune.pruning.warmup import WarmupSelector
 
 __all__ = [
     "METHODS",
@@ -13,7 +14,9 @@ __all__ = [
     "LossMemory",
     "PruneSpec",
     "PrunedSampler",
+    "WarmupSelector",
     "class_quotas",
+    "hardness",
     "kept_count",
     "load_indices",
     "parse_spec",

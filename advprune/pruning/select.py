@@ -14,6 +14,15 @@ import numpy as np
 import torch
 
 METHODS = ("random", "balanced", "hardest", "easiest", "ccs")
+EASY_IS_HIGH = ("margin", "confidence", "adv_margin", "adv_confidence")  # negated to rank hardest-first
+
+
+def hardness(scores: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """The named score of a dict of scores with higher = harder; ValueError listing the scores there are."""
+    if name not in scores:
+        raise ValueError(f"the scores hold no {name!r} (they hold {', '.join(sorted(scores))})")
+    values = torch.as_tensor(scores[name]).to(torch.float64)
+    return -values if name in EASY_IS_HIGH else values
 
 
 def kept_count(fraction: float, n: int) -> int:
