@@ -220,3 +220,20 @@ def test_scores_of_other_data_are_refused(tmp_path, full_run, capsys):
             "--scores", str(full_run / "train_scores.npz")]  # fmt: skip
     assert main(argv) == 2
     assert "the scores cover 512 samples but the training set has 256" in capsys.readouterr().err
+
+
+def test_a_short_last_batch_moves_the_weights_in_proportion_to_its_samples(tmp_path, fashion):  # noqa: F811
+    """Pruned subsets leave short last batches: a batch of 1 must not step as hard as a full one."""
+    train, _ = fashion
+    x, y, ids = next(iter(loader(train)))
+    deltas = []
+    for batch_size in (None, 64):
+        t = trainer(tmp_path, weight_decay=0.0, lr_schedule="constant", steps=0)
+        before = [p.detach().clone() for p in t.model.parameters()]
+        timing = {"attack": 0.0, "update": 0.0, "scoring": 0.0}
+        t.train_step(x[:1], y[:1], ids[:1], torch.Generator().manual_seed(0), timing, batch_size)
+        deltas.append(
+            torch.cat([(p.detach() - b).flatten() for p, b in zip(t.model.parameters(), before, strict=True)])
+        )
+    assert deltas[0].abs().max() > 0
+    assert torch.allclose(deltas[1] * 64, deltas[0], rtol=1e-2, atol=2e-6)  # float32 differences of weights
