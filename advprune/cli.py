@@ -143,7 +143,7 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
     """(kept ids or None, dynamic pruner or None, the record of the selection for metrics.jsonl)."""
     import torch
 
-    from advprune.prune_setup import Stopwatch, dynamic_pruner, static_indices
+    from advprune.prune_setup import Stopwatch, dynamic_pruner, static_indices, warmup_selector
     from advprune.pruning import load_indices, parse_spec, save_indices
     from advprune.scores import load_scores, save_scores
 
@@ -165,7 +165,11 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
         return load_indices(kept_file, n), None, None  # the selection of the run being resumed
     labels = torch.from_numpy(factory.data.labels.astype("int64"))
     if spec.needs_scores and args.scores is None and not args.score_pass:
-        return None, _warmup_selector(args, spec, n, labels), {**record, "scores": "the training step"}
+        if not 1 <= args.score_epochs < args.epochs:
+            raise UsageError(f"--score-epochs must be >= 1 and below --epochs ({args.epochs}), got {args.score_epochs}")
+        selector = warmup_selector(spec, n, labels, warmup_epochs=args.score_epochs,
+                                   class_balanced=args.class_balanced, seed=args.seed)  # fmt: skip
+        return None, selector, {**record, "scores": "the training step"}
     scores = None
     if spec.needs_scores and args.scores is not None:
         scores, scores_meta = load_scores(args.scores)
@@ -180,22 +184,6 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
     save_indices(kept_file, indices)
     record["kept"] = len(indices)
     return indices, None, record
-
-
-STEP_SCORE_NAMES = {"el2n": "adv_el2n", "loss": "adv_loss", "margin": "adv_margin", "forgetting": "forgetting",
-                    "adv_el2n": "adv_el2n", "adv_loss": "adv_loss", "adv_margin": "adv_margin"}  # fmt: skip
-
-
-def _warmup_selector(args: argparse.Namespace, spec, n: int, labels):
-    """In-run scoring: the first --score-epochs epochs on all data record the step's scores, then select."""
-    from advprune.pruning import WarmupSelector
-
-    if spec.score not in STEP_SCORE_NAMES:
-        raise UsageError(f"{spec.score} is not among the training step's scores: add --score-pass or --scores FILE")
-    if not 1 <= args.score_epochs < args.epochs:
-        raise UsageError(f"--score-epochs must be >= 1 and below --epochs ({args.epochs}), got {args.score_epochs}")
-    return WarmupSelector(n, spec.fraction, spec.method, STEP_SCORE_NAMES[spec.score], warmup_epochs=args.score_epochs,
-                          labels=labels, class_balanced=args.class_balanced, seed=args.seed)  # fmt: skip
 
 
 def train(args: argparse.Namespace) -> None:

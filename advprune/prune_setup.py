@@ -1,6 +1,7 @@
-"""From a prune spec to what a training run needs: the kept ids of a static selector
-(over scores from a file, or from a short warm-up run scored here), or a dynamic pruner.
-Used by the `advprune` command; the pieces work on their own too."""
+"""From a prune spec to what a training run needs: the kept ids of a static selector (over
+scores from a file, or from short warm-up runs scored here), a selector scored in the run by
+its own training steps, or a dynamic pruner. Used by the `advprune` command; the pieces work
+on their own too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from advprune.data import make_loader
 from advprune.data.readers import Dataset
-from advprune.pruning import DynamicPruner, KeepHardPruner, PruneSpec, select
+from advprune.pruning import DynamicPruner, KeepHardPruner, PruneSpec, WarmupSelector, select
 from advprune.pruning.select import hardness
 from advprune.scores import ForgettingTracker, average_scores, score_pass
 
@@ -99,6 +100,29 @@ def dynamic_pruner(spec: PruneSpec, num_samples: int, epochs: int, seed: int = 0
     if spec.method == "keep-hard":
         return KeepHardPruner(num_samples, epochs, keep=spec.fraction, seed=seed)
     raise ValueError(f"{spec.method} is a static selector, not a dynamic pruner")
+
+
+# a spec's score -> the name of the training step's score it means (the step sees adversarial inputs)
+STEP_SCORE_NAMES = {"el2n": "adv_el2n", "loss": "adv_loss", "margin": "adv_margin", "forgetting": "forgetting",
+                    "adv_el2n": "adv_el2n", "adv_loss": "adv_loss", "adv_margin": "adv_margin"}  # fmt: skip
+
+
+def warmup_selector(
+    spec: PruneSpec,
+    num_samples: int,
+    labels: torch.Tensor,
+    *,
+    warmup_epochs: int = 1,
+    class_balanced: bool = False,
+    seed: int = 0,
+) -> WarmupSelector:
+    """In-run scoring of a score-based spec: the first warm-up epochs on all data record the training
+    step's scores, then the spec's selector keeps its fraction."""
+    if spec.score not in STEP_SCORE_NAMES:
+        raise ValueError(f"{spec.score} is not among the training step's scores: add --score-pass or --scores FILE")
+    return WarmupSelector(num_samples, spec.fraction, spec.method, STEP_SCORE_NAMES[spec.score],
+                          warmup_epochs=warmup_epochs, labels=labels, class_balanced=class_balanced,
+                          seed=seed)  # fmt: skip
 
 
 class Stopwatch:
