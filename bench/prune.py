@@ -58,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="the runs' seed (initial weights, order, selection)")
     parser.add_argument("--specs", nargs="+", default=DEFAULT_SPECS)
     parser.add_argument("--work", default="bench/results/prune-runs")
     parser.add_argument("--out", default="bench/results/prune.json")
@@ -69,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S")
     common = ["--dataset", "fashion-mnist", "--attack", "pgd", "--eps", "0.1", "--step-size", "0.025", "--steps", "3",
-              "--epochs", str(args.epochs), "--limit", str(args.limit), "--batch-size", "128", "--quiet"]  # fmt: skip
+              "--epochs", str(args.epochs), "--limit", str(args.limit), "--batch-size", "128", "--quiet",
+              "--seed", str(args.seed)]  # fmt: skip
 
     scores = None
     if args.shared_scores and any(s.split(":")[0] in SCORED for s in args.specs):
@@ -103,7 +105,8 @@ def main() -> None:
                     print(f"dynamic pruned epoch: {n} samples ({n / full['samples'][0]:.3f} of the data) took "
                           f"{seconds / full_epoch:.3f} of a full epoch")  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"limit": args.limit, "epochs": args.epochs, "rows": rows}, indent=1))
+    summary = {"limit": args.limit, "epochs": args.epochs, "seed": args.seed, "rows": rows}
+    Path(args.out).write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
