@@ -230,6 +230,14 @@ def test_dynamic_pruner_first_epoch_unseen_samples_and_annealing():
     assert (pruner.weights(torch.arange(100)) == 1).all()
 
 
+def test_dynamic_pruner_keeps_one_below_mean_sample_when_the_ratio_rounds_to_all():
+    pruner = DynamicPruner(3, epochs=10, ratio=0.9)
+    pruner.update(torch.arange(3), torch.tensor([0.0, 1.0, 5.0]))  # two below the mean; round(0.9 * 2) = 2
+    ids = pruner.epoch_indices(1)
+    assert len(ids) == 2 and 2 in ids.tolist()
+    assert torch.isfinite(pruner.weights(ids)).all() and pruner.weights(ids).max() == 2.0
+
+
 def test_dynamic_pruner_state_reproduces_the_next_subset():
     pruner, _ = seen_pruner()
     state = pruner.state_dict()

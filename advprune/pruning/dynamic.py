@@ -103,7 +103,8 @@ class DynamicPruner(LossMemory):
             return torch.arange(self.num_samples)
         mean = last_loss[seen].mean()
         well_learned = torch.nonzero(seen & (last_loss < mean)).squeeze(1)
-        dropped_count = math.floor(self.ratio * len(well_learned) + 0.5)
+        # keep at least one below-mean sample: its weight W / (W - m) must stay finite
+        dropped_count = min(math.floor(self.ratio * len(well_learned) + 0.5), len(well_learned) - 1)
         if dropped_count == 0:
             return torch.arange(self.num_samples)
         order = torch.randperm(len(well_learned), generator=self._generator(epoch))
