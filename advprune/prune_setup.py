@@ -88,9 +88,7 @@ def static_indices(
             )
     else:
         values = num_samples
-    use_labels = spec.method == "balanced" or class_balanced
-    return select(values, spec.fraction, spec.method, labels=labels if use_labels else None, seed=seed,
-                  class_balanced=use_labels)  # fmt: skip
+    return select(values, spec.fraction, spec.method, labels=labels, seed=seed, class_balanced=class_balanced)
 
 
 def dynamic_pruner(spec: PruneSpec, num_samples: int, epochs: int, seed: int = 0) -> DynamicPruner | KeepHardPruner:

@@ -10,7 +10,6 @@ they are, where higher means easier).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from advprune import attacks, ops
+from advprune._files import write_atomic
 
 SCORING_ATTACKS = ("none", "fgsm", "pgd")
 FLOAT_SCORES = ("loss", "margin", "el2n", "entropy", "confidence")
@@ -139,15 +139,6 @@ def average_scores(runs: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.T
     return {name: torch.stack([r[name].to(torch.float64) for r in runs]).mean(0).to(torch.float32) for name in names}
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def meta_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
@@ -164,8 +155,8 @@ def save_scores(path: str | Path, scores: dict[str, torch.Tensor], meta: dict | 
     arrays = {name: torch.as_tensor(v).cpu().numpy() for name, v in scores.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"num_samples": n, "scores": sorted(arrays), **(meta or {})}
-    _write_atomic(meta_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
-    _write_atomic(path, lambda tmp: np.savez(tmp, ids=np.arange(n), **arrays))
+    write_atomic(meta_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+    write_atomic(path, lambda tmp: np.savez(tmp, ids=np.arange(n), **arrays))
     return path
 
 

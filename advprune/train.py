@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from advprune import attacks, ops
+from advprune._files import write_atomic
 from advprune.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from advprune.data.subset import epoch_generator
 from advprune.schedules import LRSchedule
 
 OBJECTIVES = ("pgd", "fgsm_rs", "trades", "clean")
@@ -224,7 +226,7 @@ class Trainer:
                 subset.set_indices(ids)
         if subset is not None:
             subset.set_epoch(epoch)  # the order follows the epoch, also after a resume
-        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
+        generator = epoch_generator(self.seed, epoch, self.device)
         timing = {"data": 0.0, "attack": 0.0, "update": 0.0, "scoring": 0.0}
         steps_in_epoch = len(train) if hasattr(train, "__len__") else 0
         samples, loss_sum, correct = 0, 0.0, 0
@@ -362,9 +364,7 @@ class Trainer:
         if path is None or not path.is_file():
             return
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("epoch", -1) < epoch]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
     def log(self, record: dict) -> None:
         """Appends a record that is not an epoch (e.g. {"phase": "scoring", "scoring_seconds": ...})."""

@@ -3,11 +3,11 @@ written to a temporary file and renamed, so no half-written .beton ever exists."
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from advprune._files import write_atomic
 from advprune.data.readers import check_arrays
 
 FIELDS = ("image", "label", "id")
@@ -56,12 +56,7 @@ def write_beton(
         "label": IntField(),
         "id": IntField(),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(
-            _Samples(images, labels.astype(np.int64))
-        )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    samples = _Samples(images, labels.astype(np.int64))
+    return write_atomic(
+        path, lambda tmp: DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(samples)
+    )

@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from advprune.data.subset import epoch_generator
 from advprune.pruning.select import kept_count
 
 
@@ -50,9 +51,6 @@ class LossMemory:
     def on_batch(self, ids: torch.Tensor, scores, adv_loss: torch.Tensor) -> None:
         """The Trainer's hook: the adversarial loss of each trained sample (ids come from the loader)."""
         self.update(ids, adv_loss, check=False)
-
-    def _generator(self, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
 
     def _check(self, num_samples: int | None) -> None:
         if num_samples is not None and num_samples != self.num_samples:
@@ -107,7 +105,7 @@ class DynamicPruner(LossMemory):
         dropped_count = min(math.floor(self.ratio * len(well_learned) + 0.5), len(well_learned) - 1)
         if dropped_count == 0:
             return torch.arange(self.num_samples)
-        order = torch.randperm(len(well_learned), generator=self._generator(epoch))
+        order = torch.randperm(len(well_learned), generator=epoch_generator(self.seed, epoch))
         dropped, kept = well_learned[order[:dropped_count]], well_learned[order[dropped_count:]]
         # each below-mean sample is kept with probability (W - m) / W: weight it by the inverse
         self._weights[kept] = len(well_learned) / (len(well_learned) - dropped_count)
@@ -143,7 +141,7 @@ class KeepHardPruner(LossMemory):
 
     def epoch_indices(self, epoch: int, num_samples: int | None = None) -> torch.Tensor:
         self._check(num_samples)
-        generator = self._generator(epoch)
+        generator = epoch_generator(self.seed, epoch)
         explore_count = math.floor(self.explore * self.count + 0.5)
         last_loss, seen = self._memory()
         loss = torch.where(seen, last_loss, torch.tensor(float("inf")))

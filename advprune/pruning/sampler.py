@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from advprune.data.subset import as_indices
+from advprune._files import write_atomic
+from advprune.data.subset import as_indices, epoch_generator
 
 
 class PrunedSampler(Sampler[int]):
@@ -25,14 +25,10 @@ class PrunedSampler(Sampler[int]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
-        self.indices = self._checked(indices)
-
-    def _checked(self, indices: object) -> torch.Tensor:
-        limit = self.num_samples if self.num_samples is not None else 2**62
-        return as_indices(indices, limit)
+        self.indices = as_indices(indices, num_samples)
 
     def set_indices(self, indices: object) -> None:
-        self.indices = self._checked(indices)
+        self.indices = as_indices(indices, self.num_samples)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -43,8 +39,7 @@ class PrunedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         order = self.indices
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = order[torch.randperm(len(order), generator=generator)]
+            order = order[torch.randperm(len(order), generator=epoch_generator(self.seed, self.epoch))]
         self.epoch += 1
         return iter(order.tolist())
 
@@ -54,15 +49,9 @@ def save_indices(path: str | Path, indices: object) -> Path:
     path = Path(path)
     if path.suffix != ".npy":
         raise ValueError(f"an index file must end in .npy, got {path.name}")
-    ids = as_indices(indices, 2**62).numpy()
+    ids = as_indices(indices, None).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-    try:
-        np.save(tmp, ids)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda tmp: np.save(tmp, ids))
 
 
 def load_indices(path: str | Path, num_samples: int | None = None) -> torch.Tensor:
@@ -75,6 +64,6 @@ def load_indices(path: str | Path, num_samples: int | None = None) -> torch.Tens
     except ValueError as exc:
         raise ValueError(f"{path} is not a .npy array of sample ids ({exc})") from None
     try:
-        return as_indices(ids, num_samples if num_samples is not None else 2**62)
+        return as_indices(ids, num_samples)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None

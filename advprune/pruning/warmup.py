@@ -59,8 +59,7 @@ class WarmupSelector:
         if epoch < self.warmup_epochs:
             return torch.arange(self.num_samples)
         if self.kept is None:
-            self.kept = select(hardness(self.scores(), self.score), self.fraction, self.method,
-                               labels=self.labels if self.class_balanced or self.method == "balanced" else None,
+            self.kept = select(hardness(self.scores(), self.score), self.fraction, self.method, labels=self.labels,
                                seed=self.seed, class_balanced=self.class_balanced)  # fmt: skip
         return self.kept
 
