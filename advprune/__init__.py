@@ -6,6 +6,19 @@ __version__ = "0.1.0"
 
 from advprune import attacks, models, ops, pruning, scores
 from advprune.ops import build_info
-from advprune.train import Trainer
+from advprune.train import AttackConfig, OptimConfig, RunConfig, Trainer, ValidationConfig
 
-__all__ = ["Trainer", "__version__", "attacks", "build_info", "models", "ops", "pruning", "scores"]
+__all__ = [
+    "AttackConfig",
+    "OptimConfig",
+    "RunConfig",
+    "Trainer",
+    "ValidationConfig",
+    "__version__",
+    "attacks",
+    "build_info",
+    "models",
+    "ops",
+    "pruning",
+    "scores",
+]

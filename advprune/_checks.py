@@ -124,3 +124,23 @@ def check_kl(op: str, logits_p: object, logits_q: object) -> None:
         raise TypeError(f"{op}: logits_q has dtype {q.dtype} but logits_p has dtype {p.dtype}")
     if q.device != p.device:
         raise ValueError(f"{op}: logits_q is on {q.device} but logits_p is on {p.device}")
+
+
+def check_images_and_labels(where: str, x: object, y: object | None) -> None:
+    """A batch as attacks and the Trainer take it: floating-point images [N, ...] in [0, 1] and int64
+    class labels [N]; TypeError/ValueError naming what was received and what to do."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(
+            f"{where}: images must be a floating-point tensor in [0, 1], got {got}: convert uint8 images "
+            "with x.float() / 255 (advprune's loaders do this)"
+        )
+    if x.dim() < 2:
+        raise ValueError(f"{where}: images must be a batch [N, ...], got shape {list(x.shape)}")
+    if y is None:
+        return
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
+        got = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TypeError(f"{where}: labels must be an int64 tensor of class indices, got {got}: use y.long()")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"{where}: labels must have shape [{x.shape[0]}] (one per image), got {list(y.shape)}")

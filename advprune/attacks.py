@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advprune import ops
+from advprune._checks import check_images_and_labels
 
 LOSSES = ("ce", "margin")
 
@@ -50,8 +51,26 @@ def input_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss:
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
         per_sample = _per_sample_loss(model(x_adv), y, loss)
-        (grad,) = torch.autograd.grad(per_sample.sum(), x_adv)
+        grad = gradient_of(per_sample.sum(), x_adv)
     return per_sample.detach(), grad
+
+
+def _float16_autocast(device_type: str) -> bool:
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+
+
+def gradient_of(total: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """d total / d x_adv, the input only. Under float16 autocast the backward runs in float16, where small
+    input gradients underflow to 0 (sign 0: no step): the loss is scaled up first (2**16, or less where
+    that overflows) and the gradient scaled back, as a GradScaler does for weights."""
+    if not _float16_autocast(x_adv.device.type):
+        return torch.autograd.grad(total, x_adv)[0]
+    scale = 2.0**16
+    while True:
+        (grad,) = torch.autograd.grad(total * scale, x_adv, retain_graph=scale > 1)
+        if scale == 1 or bool(torch.isfinite(grad).all()):
+            return grad.div_(scale)
+        scale = max(scale / 2**8, 1.0)
 
 
 def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -90,34 +109,49 @@ def pgd(
 ) -> torch.Tensor:
     """PGD-`steps` (Madry et al. 2018) from x; returns x_adv (detached).
 
-    With restarts > 1, each sample keeps the example of its highest loss. `mode` is the
-    model's mode while crafting ("eval" by default: BatchNorm uses its running statistics
-    and they are not updated; "train" or "keep" otherwise); the caller's mode is restored.
-    Works under autocast and with channels_last inputs.
+    With restarts > 1, a sample counts as broken when any restart misclassifies it: each restart
+    after the first attacks only the samples no restart has broken yet, a broken sample keeps the
+    example that broke it, an unbroken one the example of its highest loss. `mode` is the model's
+    mode while crafting ("eval" by default: BatchNorm uses its running statistics and they are not
+    updated; "train" or "keep" otherwise); the caller's mode is restored. Works under autocast
+    (float16 included) and with channels_last inputs.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if steps < 0 or restarts < 1:
         raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    check_images_and_labels("attacks.pgd", x, y)
     x = x.detach()
-    best, best_loss = None, None
+    attack = dict(eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start, loss=loss)
     with model_mode(model, mode):
-        for _ in range(restarts):
-            x_adv = _start(x, eps, norm, random_start, generator)
-            for _ in range(steps):
-                _, grad = input_gradient(model, x_adv, y, loss)
-                ops.pgd_step_(x_adv, grad, x, eps=eps, step_size=step_size, norm=norm)
-            if restarts == 1:
-                return x_adv
+        best = _pgd_run(model, x, y, generator=generator, **attack)
+        if restarts == 1:
+            return best
+        with torch.no_grad():
+            logits = model(best)
+        best_loss, broken = _per_sample_loss(logits, y, loss), logits.argmax(1) != y
+        for _ in range(restarts - 1):
+            todo = torch.nonzero(~broken).squeeze(1)
+            if len(todo) == 0:
+                break
+            x_try = _pgd_run(model, x[todo], y[todo], generator=generator, **attack)
             with torch.no_grad():
-                final = _per_sample_loss(model(x_adv), y, loss)
-            if best is None:
-                best, best_loss = x_adv, final
-            else:
-                better = final > best_loss
-                best[better] = x_adv[better]
-                best_loss = torch.where(better, final, best_loss)
+                logits = model(x_try)
+            try_loss, try_broken = _per_sample_loss(logits, y[todo], loss), logits.argmax(1) != y[todo]
+            better = try_broken | (try_loss > best_loss[todo])
+            best[todo[better]] = x_try[better]
+            best_loss[todo[better]] = try_loss[better]
+            broken[todo[try_broken]] = True
     return best
+
+
+def _pgd_run(model, x, y, *, eps, step_size, steps, norm, random_start, loss, generator) -> torch.Tensor:
+    """One PGD run from a (random) start: steps x [forward, input gradient, fused step]."""
+    x_adv = _start(x, eps, norm, random_start, generator)
+    for _ in range(steps):
+        _, grad = input_gradient(model, x_adv, y, loss)
+        ops.pgd_step_(x_adv, grad, x, eps=eps, step_size=step_size, norm=norm)
+    return x_adv
 
 
 def _start(x: torch.Tensor, eps: float, norm: str, use_random: bool, generator) -> torch.Tensor:
@@ -137,6 +171,7 @@ def fgsm_rs(
     """FGSM with a uniform random start in the linf ball and one signed step of
     step_size (default 1.25 * eps), projected back (Wong, Rice and Kolter 2020)."""
     step_size = 1.25 * eps if step_size is None else step_size
+    check_images_and_labels("attacks.fgsm_rs", x, y)
     x = x.detach()
     with model_mode(model, mode):
         x_adv = random_init(x, eps, "linf", generator)
@@ -156,6 +191,7 @@ def trades_perturb(
 ) -> torch.Tensor:
     """The TRADES inner maximisation: PGD on KL(softmax(f(x)) || softmax(f(x_adv))),
     started at x + 0.001 * N(0, 1), with the clean prediction fixed."""
+    check_images_and_labels("attacks.trades_perturb", x, None)
     x = x.detach()
     with model_mode(model, mode):
         with torch.no_grad():
@@ -165,8 +201,7 @@ def trades_perturb(
         for _ in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
-                kl = ops.kl_rows(clean, model(x_adv).float()).sum()
-                (grad,) = torch.autograd.grad(kl, x_adv)
+                grad = gradient_of(ops.kl_rows(clean, model(x_adv).float()).sum(), x_adv)
             x_adv = ops.pgd_step_(x_adv.detach(), grad, x, eps=eps, step_size=step_size)
     return x_adv
 

@@ -15,6 +15,7 @@ from advprune.data import make_loader
 from advprune.data.readers import Dataset
 from advprune.pruning import DynamicPruner, KeepHardPruner, PruneSpec, WarmupSelector, select
 from advprune.pruning.select import hardness
+from advprune.pruning.warmup import SCORES as IN_RUN_SCORES
 from advprune.scores import ForgettingTracker, average_scores, score_pass
 
 
@@ -33,8 +34,9 @@ def score_model(
     under names prefixed adv_ (adv_el2n, adv_loss, ...)."""
 
     def batches():
-        return make_loader(data, backend="memory", batch_size=batch_size, order="sequential", augment=False,
-                           device=device)  # fmt: skip
+        return make_loader(
+            data, backend="memory", batch_size=batch_size, order="sequential", augment=False, device=device
+        )
 
     model = model.to(device)
     scores = score_pass(model, batches(), len(data), device=device)
@@ -73,8 +75,11 @@ def static_indices(
     scores: dict[str, torch.Tensor] | None = None,
     class_balanced: bool = False,
     seed: int = 0,
+    pool: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The kept ids of a static spec (random, balanced, hardest/easiest/ccs by a score)."""
+    """The kept ids of a static spec (random, balanced, hardest/easiest/ccs by a score), chosen from
+    `pool` (default: all ids; the fraction is of the pool)."""
+    pool = torch.arange(num_samples) if pool is None else pool
     if spec.is_dynamic:
         raise ValueError(f"{spec.method} prunes each epoch: it has no fixed selection")
     if spec.needs_scores:
@@ -86,23 +91,22 @@ def static_indices(
                 f"the scores cover {len(values)} samples but the training set has {num_samples}: "
                 "score the same data (the same --limit)"
             )
+        values = values[pool]
     else:
-        values = num_samples
-    return select(values, spec.fraction, spec.method, labels=labels, seed=seed, class_balanced=class_balanced)
+        values = len(pool)
+    kept = select(values, spec.fraction, spec.method, labels=labels[pool], seed=seed, class_balanced=class_balanced)
+    return pool[kept]
 
 
-def dynamic_pruner(spec: PruneSpec, num_samples: int, epochs: int, seed: int = 0) -> DynamicPruner | KeepHardPruner:
+def dynamic_pruner(
+    spec: PruneSpec, num_samples: int, epochs: int, seed: int = 0, pool: torch.Tensor | None = None
+) -> DynamicPruner | KeepHardPruner:
     """dynamic:R drops a share R of the below-mean-loss samples each epoch; keep-hard:F keeps a share F."""
     if spec.method == "dynamic":
-        return DynamicPruner(num_samples, epochs, ratio=spec.fraction, seed=seed)
+        return DynamicPruner(num_samples, epochs, ratio=spec.fraction, seed=seed, pool=pool)
     if spec.method == "keep-hard":
-        return KeepHardPruner(num_samples, epochs, keep=spec.fraction, seed=seed)
+        return KeepHardPruner(num_samples, epochs, keep=spec.fraction, seed=seed, pool=pool)
     raise ValueError(f"{spec.method} is a static selector, not a dynamic pruner")
-
-
-# a spec's score -> the name of the training step's score it means (the step sees adversarial inputs)
-STEP_SCORE_NAMES = {"el2n": "adv_el2n", "loss": "adv_loss", "margin": "adv_margin", "forgetting": "forgetting",
-                    "adv_el2n": "adv_el2n", "adv_loss": "adv_loss", "adv_margin": "adv_margin"}  # fmt: skip
 
 
 def warmup_selector(
@@ -113,14 +117,27 @@ def warmup_selector(
     warmup_epochs: int = 1,
     class_balanced: bool = False,
     seed: int = 0,
+    pool: torch.Tensor | None = None,
 ) -> WarmupSelector:
-    """In-run scoring of a score-based spec: the first warm-up epochs on all data record the training
-    step's scores, then the spec's selector keeps its fraction."""
-    if spec.score not in STEP_SCORE_NAMES:
-        raise ValueError(f"{spec.score} is not among the training step's scores: add --score-pass or --scores FILE")
-    return WarmupSelector(num_samples, spec.fraction, spec.method, STEP_SCORE_NAMES[spec.score],
-                          warmup_epochs=warmup_epochs, labels=labels, class_balanced=class_balanced,
-                          seed=seed)  # fmt: skip
+    """In-run selection of a score-based spec: the warm-up epochs train on the whole pool, a scoring pass at
+    their end scores every pooled sample with the model as it is then, and the spec's selector keeps its
+    fraction (forgetting: counted by the warm-up's steps instead)."""
+    if spec.score not in IN_RUN_SCORES:
+        raise ValueError(
+            f"{spec.score} cannot be scored in the run (in-run scores: {', '.join(IN_RUN_SCORES)}): "
+            "add --score-pass or --scores FILE"
+        )
+    return WarmupSelector(
+        num_samples,
+        spec.fraction,
+        spec.method,
+        spec.score,
+        warmup_epochs=warmup_epochs,
+        labels=labels,
+        class_balanced=class_balanced,
+        seed=seed,
+        pool=pool,
+    )
 
 
 class Stopwatch:

@@ -55,18 +55,38 @@ class LRSchedule:
             return self.base_lr * (frac / self.peak if frac < self.peak else (1 - frac) / (1 - self.peak))
         return self.base_lr
 
-    def apply(self, optimizer: torch.optim.Optimizer, epoch: int, step: int, steps_in_epoch: int) -> float:
-        """Sets the learning rate of every parameter group for step `step` of `epoch`; returns it."""
-        lr = self.lr_at(epoch + step / max(steps_in_epoch, 1))
+    def factor(self, t: float) -> float:
+        """lr(t) / base_lr: what each parameter group's own base rate is multiplied by at progress t."""
+        return self.lr_at(t) / self.base_lr
+
+    def apply(self, optimizer: torch.optim.Optimizer, epoch: int, step: int, steps_in_epoch: int | None) -> float:
+        """Sets the learning rate of every parameter group for step `step` of `epoch`: the group's own base
+        rate (its lr when first scheduled, kept in the group as "initial_lr") times factor(t), so that groups
+        with different rates keep their ratios. steps_in_epoch None (data of unknown length): the rate stays
+        at the epoch's start value through the epoch. Returns group 0's rate."""
+        t = epoch + step / steps_in_epoch if steps_in_epoch else float(epoch)
+        factor = self.factor(t)
         for group in optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+        return optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "base_lr": self.base_lr, "epochs": self.epochs,
-                "milestones": list(self.milestones), "gamma": self.gamma, "peak": self.peak}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "base_lr": self.base_lr,
+            "epochs": self.epochs,
+            "milestones": list(self.milestones),
+            "gamma": self.gamma,
+            "peak": self.peak,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> LRSchedule:
-        return cls(state["kind"], state["base_lr"], state["epochs"], milestones=state["milestones"],
-                   gamma=state["gamma"], peak=state["peak"])  # fmt: skip
+        return cls(
+            state["kind"],
+            state["base_lr"],
+            state["epochs"],
+            milestones=state["milestones"],
+            gamma=state["gamma"],
+            peak=state["peak"],
+        )

@@ -56,8 +56,11 @@ class ForgettingTracker:
         return torch.where(self.ever_correct.cpu(), counts, torch.tensor(top + 1, dtype=torch.float64))
 
     def state_dict(self) -> dict:
-        return {"events": self.events.cpu().clone(), "last_correct": self.last_correct.cpu().clone(),
-                "ever_correct": self.ever_correct.cpu().clone()}  # fmt: skip
+        return {
+            "events": self.events.cpu().clone(),
+            "last_correct": self.last_correct.cpu().clone(),
+            "ever_correct": self.ever_correct.cpu().clone(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["events"].shape != (self.num_samples,):
@@ -68,13 +71,14 @@ class ForgettingTracker:
         self.ever_correct = state["ever_correct"].clone()
 
 
-def _scoring_inputs(model, x, y, attack: str, eps: float, steps: int, step_size: float | None, generator):
+def _scoring_inputs(model, x, y, attack: str, eps: float, steps: int, step_size: float | None, norm: str, generator):
     if attack == "none":
         return x
     if attack == "fgsm":
         return attacks.fgsm_rs(model, x, y, eps=eps, step_size=step_size or 1.25 * eps, generator=generator)
-    return attacks.pgd(model, x, y, eps=eps, step_size=step_size or 2.5 * eps / steps, steps=steps,
-                       generator=generator)  # fmt: skip
+    return attacks.pgd(
+        model, x, y, eps=eps, step_size=step_size or 2.5 * eps / steps, steps=steps, norm=norm, generator=generator
+    )
 
 
 @torch.no_grad()
@@ -89,11 +93,15 @@ def score_pass(
     step_size: float | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
+    covering: torch.Tensor | None = None,
+    norm: str = "linf",
 ) -> dict[str, torch.Tensor]:
     """Scores of every sample from one model in eval mode: loss, margin, el2n, entropy,
     confidence, correct (ops.sample_scores) and grand (el2n * sqrt(||h||^2 + 1), h the
     penultimate features, where the model has .features and .linear), on clean inputs
-    (attack="none") or on FGSM-RS / PGD-`steps` examples. batches yields (x, y, ids)."""
+    (attack="none") or on FGSM-RS / PGD-`steps` examples. batches yields (x, y, ids); the
+    results are [num_samples] tensors indexed by id, and must cover the ids `covering` (default:
+    all), NaN (False for correct) elsewhere."""
     if attack not in SCORING_ATTACKS:
         raise ValueError(f"attack must be one of {SCORING_ATTACKS}, got {attack!r}")
     if attack != "none" and not eps > 0:
@@ -105,13 +113,15 @@ def score_pass(
     if has_features:
         out["grand"] = torch.full((num_samples,), float("nan"), dtype=torch.float32)
     covered = torch.zeros(num_samples, dtype=torch.bool)
+    if attack == "fgsm" and norm != "linf":
+        raise ValueError("FGSM scoring is linf only: score l2 models with attack='pgd'")
     generator = torch.Generator(device=device).manual_seed(seed)
     with attacks.model_mode(model, "eval"):
         for x, y, ids in batches:
             x, y = x.to(device), y.to(device)
             ids = ids.to("cpu", torch.int64)
             with torch.enable_grad():
-                x = _scoring_inputs(model, x, y, attack, eps, steps, step_size, generator)
+                x = _scoring_inputs(model, x, y, attack, eps, steps, step_size, norm, generator)
             if has_features:
                 h = model.features(x)
                 logits = model.linear(h)
@@ -123,8 +133,10 @@ def score_pass(
             if has_features:
                 out["grand"][ids] = (s.el2n * torch.sqrt(h.float().pow(2).sum(1) + 1)).cpu()
             covered[ids] = True
-    if not covered.all():
-        raise ValueError(f"the batches covered {int(covered.sum())} of {num_samples} samples: score them all")
+    needed = covered if covering is None else covered[covering]
+    if not needed.all():
+        expected = num_samples if covering is None else len(covering)
+        raise ValueError(f"the batches covered {int(needed.sum())} of the {expected} samples to score")
     return out
 
 

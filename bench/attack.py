@@ -77,10 +77,21 @@ def main() -> None:
         with torch.no_grad():
             acc_theirs = float((m(adv_theirs).argmax(1) == y).float().mean())
             acc_ours = float((m(adv_ours).argmax(1) == y).float().mean())
-        rows.append({"layout": layout, "torchattacks_s": t_theirs, "advprune_s": t_ours, "ratio": t_ours / t_theirs,
-                     "torchattacks_robust_acc": acc_theirs, "advprune_robust_acc": acc_ours})  # fmt: skip
-        print(f"{layout:<14} torchattacks {t_theirs:.3f} s  advprune {t_ours:.3f} s  ratio {t_ours / t_theirs:.2f}  "
-              f"robust acc {100 * acc_theirs:.1f}% vs {100 * acc_ours:.1f}%", flush=True)  # fmt: skip
+        rows.append(
+            {
+                "layout": layout,
+                "torchattacks_s": t_theirs,
+                "advprune_s": t_ours,
+                "ratio": t_ours / t_theirs,
+                "torchattacks_robust_acc": acc_theirs,
+                "advprune_robust_acc": acc_ours,
+            }
+        )
+        print(
+            f"{layout:<14} torchattacks {t_theirs:.3f} s  advprune {t_ours:.3f} s  ratio {t_ours / t_theirs:.2f}  "
+            f"robust acc {100 * acc_theirs:.1f}% vs {100 * acc_ours:.1f}%",
+            flush=True,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"n": args.n, "steps": args.steps, "eps": args.eps, "rows": rows}, indent=1))

@@ -22,8 +22,17 @@ from pathlib import Path
 
 from advprune.cli import main as advprune
 
-DEFAULT_SPECS = ["none", "random:0.2", "random:0.6", "dynamic:0.5", "el2n:0.6", "ccs:0.6", "ccs:0.2",
-                 "keep-hard:0.6", "keep-hard:0.2"]  # fmt: skip
+DEFAULT_SPECS = [
+    "none",
+    "random:0.2",
+    "random:0.6",
+    "dynamic:0.5",
+    "el2n:0.6",
+    "ccs:0.6",
+    "ccs:0.2",
+    "keep-hard:0.6",
+    "keep-hard:0.2",
+]
 SCORED = ("el2n", "ccs", "forgetting", "hardest", "easiest", "grand")
 
 
@@ -69,15 +78,46 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S")
-    common = ["--dataset", "fashion-mnist", "--attack", "pgd", "--eps", "0.1", "--step-size", "0.025", "--steps", "3",
-              "--epochs", str(args.epochs), "--limit", str(args.limit), "--batch-size", "128", "--quiet",
-              "--seed", str(args.seed)]  # fmt: skip
+    common = [
+        "--dataset",
+        "fashion-mnist",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
+        "--step-size",
+        "0.025",
+        "--steps",
+        "3",
+        "--epochs",
+        str(args.epochs),
+        "--limit",
+        str(args.limit),
+        "--batch-size",
+        "128",
+        "--quiet",
+        "--seed",
+        str(args.seed),
+    ]
 
     scores = None
     if args.shared_scores and any(s.split(":")[0] in SCORED for s in args.specs):
         scores = work / "scores.npz"  # one scoring pass (a warm-up epoch, FGSM scores) shared by the scored runs
-        argv = ["score", "--limit", str(args.limit), "--warmup-epochs", "1", "--steps", "3", "--step-size", "0.025",
-                "--eps", "0.1", "--out", str(scores)]  # fmt: skip
+        argv = [
+            "score",
+            "--limit",
+            str(args.limit),
+            "--warmup-epochs",
+            "1",
+            "--steps",
+            "3",
+            "--step-size",
+            "0.025",
+            "--eps",
+            "0.1",
+            "--out",
+            str(scores),
+        ]
         if advprune(argv) != 0:
             raise SystemExit("advprune score failed")
     rows = []
@@ -92,8 +132,10 @@ def main() -> None:
         epoch = statistics.median(r["epoch_seconds"])
         ratio = f"{epoch / statistics.median(full['epoch_seconds']):.3f}" if full else "-"
         kept = "/".join(str(s) for s in r["samples"]) if len(set(r["samples"])) > 1 else str(r["samples"][0])
-        print(f"| {r['spec']} | {kept} | {100 * r['clean_acc']:.1f}% | {100 * r['pgd20_acc']:.1f}% | "
-              f"{r['total_seconds']:.0f} s | {epoch:.1f} s | {ratio} |")  # fmt: skip
+        print(
+            f"| {r['spec']} | {kept} | {100 * r['clean_acc']:.1f}% | {100 * r['pgd20_acc']:.1f}% | "
+            f"{r['total_seconds']:.0f} s | {epoch:.1f} s | {ratio} |"
+        )
     if full:
         full_epoch = statistics.median(full["epoch_seconds"])
         for r in rows:
@@ -102,8 +144,10 @@ def main() -> None:
                     (s, n) for s, n in zip(r["epoch_seconds"], r["samples"], strict=True) if n < full["samples"][0]
                 ]
                 for seconds, n in pruned:
-                    print(f"dynamic pruned epoch: {n} samples ({n / full['samples'][0]:.3f} of the data) took "
-                          f"{seconds / full_epoch:.3f} of a full epoch")  # fmt: skip
+                    print(
+                        f"dynamic pruned epoch: {n} samples ({n / full['samples'][0]:.3f} of the data) took "
+                        f"{seconds / full_epoch:.3f} of a full epoch"
+                    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     summary = {"limit": args.limit, "epochs": args.epochs, "seed": args.seed, "rows": rows}
     Path(args.out).write_text(json.dumps(summary, indent=1))

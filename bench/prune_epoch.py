@@ -35,8 +35,17 @@ def main() -> None:
     torch.manual_seed(0)
     epochs = 2 + 3 * args.repeats
     dynamic = DynamicPruner(n, epochs=10 * epochs, ratio=0.5)  # never anneals within the bench
-    trainer = Trainer(models.create("small-cnn"), attack="pgd", eps=0.1, step_size=0.025, steps=3, epochs=epochs,
-                      lr=0.05, lr_schedule="constant", quiet=True)  # fmt: skip
+    trainer = Trainer(
+        models.create("small-cnn"),
+        attack="pgd",
+        eps=0.1,
+        step_size=0.025,
+        steps=3,
+        epochs=epochs,
+        lr=0.05,
+        lr_schedule="constant",
+        quiet=True,
+    )
     random_ids = select(n, 0.2, "random", seed=0)
     seconds: dict[str, list[float]] = {"full": [], "random:0.2": [], "dynamic:0.5": []}
     fraction: dict[str, list[float]] = {name: [] for name in seconds}
@@ -54,8 +63,12 @@ def main() -> None:
         if name:
             seconds[name].append(record["seconds"])
             fraction[name].append(record["samples"] / n)
-        print(json.dumps({"variant": name or "warm-up", "seconds": round(record["seconds"], 2),
-                          "samples": record["samples"]}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {"variant": name or "warm-up", "seconds": round(record["seconds"], 2), "samples": record["samples"]}
+            ),
+            flush=True,
+        )
 
     everything = torch.arange(n)
     run("", everything)  # warm-up; also feeds the dynamic pruner every sample's loss
@@ -69,8 +82,15 @@ def main() -> None:
     rows = []
     for name in seconds:
         share, median = statistics.mean(fraction[name]), statistics.median(seconds[name])
-        rows.append({"variant": name, "share": share, "median_seconds": median, "ratio": median / full,
-                     "seconds": seconds[name]})  # fmt: skip
+        rows.append(
+            {
+                "variant": name,
+                "share": share,
+                "median_seconds": median,
+                "ratio": median / full,
+                "seconds": seconds[name],
+            }
+        )
         print(f"| {name} | {share:.3f} | {median:.2f} | {median / full:.3f} | {median / full - share:+.3f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"limit": n, "repeats": args.repeats, "rows": rows}, indent=1))

@@ -102,8 +102,18 @@ def main() -> None:
         )
         for e in range(args.epochs)
     ]
-    trainer = Trainer(ours, attack="pgd", eps=args.eps, step_size=alpha, steps=args.steps, epochs=args.epochs,
-                      lr=0.05, lr_schedule="constant", device="cpu", quiet=True)  # fmt: skip
+    trainer = Trainer(
+        ours,
+        attack="pgd",
+        eps=args.eps,
+        step_size=alpha,
+        steps=args.steps,
+        epochs=args.epochs,
+        lr=0.05,
+        lr_schedule="constant",
+        device="cpu",
+        quiet=True,
+    )
     ours_s = []
     loader = make_loader(train, backend="memory", batch_size=args.batch_size)
     for epoch in range(args.epochs):
@@ -111,21 +121,33 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer.fit(loader)
         ours_s.append(time.perf_counter() - t0)
-    per_batch = fwd_bwd_seconds(models.create("small-cnn"), x_all[: args.batch_size], y_all[: args.batch_size],
-                                trainer.memory_format, trainer.amp_dtype)  # fmt: skip
+    per_batch = fwd_bwd_seconds(
+        models.create("small-cnn"),
+        x_all[: args.batch_size],
+        y_all[: args.batch_size],
+        trainer.memory_format,
+        trainer.amp_dtype,
+    )
     batches = -(-args.n // args.batch_size)
     ideal = (args.steps + 1) * per_batch * batches
     res_plain = evaluate(plain, x_test, y_test, attack="pgd", eps=args.eps, steps=20)
     res_ours = evaluate(trainer.model, x_test, y_test, attack="pgd", eps=args.eps, steps=20)
     result = {
-        "n": args.n, "epochs": args.epochs, "steps": args.steps,
-        "amp": str(trainer.amp_dtype), "channels_last": trainer.memory_format == torch.channels_last,
-        "plain_epoch_s": statistics.median(plain_s), "advprune_epoch_s": statistics.median(ours_s),
+        "n": args.n,
+        "epochs": args.epochs,
+        "steps": args.steps,
+        "amp": str(trainer.amp_dtype),
+        "channels_last": trainer.memory_format == torch.channels_last,
+        "plain_epoch_s": statistics.median(plain_s),
+        "advprune_epoch_s": statistics.median(ours_s),
         "time_ratio": statistics.median(ours_s) / statistics.median(plain_s),
-        "ideal_epoch_s": ideal, "trainer_overhead": statistics.median(ours_s) / ideal,
-        "plain_clean_acc": res_plain["clean_acc"], "plain_pgd20_acc": res_plain["robust_acc"],
-        "advprune_clean_acc": res_ours["clean_acc"], "advprune_pgd20_acc": res_ours["robust_acc"],
-    }  # fmt: skip
+        "ideal_epoch_s": ideal,
+        "trainer_overhead": statistics.median(ours_s) / ideal,
+        "plain_clean_acc": res_plain["clean_acc"],
+        "plain_pgd20_acc": res_plain["robust_acc"],
+        "advprune_clean_acc": res_ours["clean_acc"],
+        "advprune_pgd20_acc": res_ours["robust_acc"],
+    }
     for k, v in result.items():
         print(f"{k:<20} {v:.4f}" if isinstance(v, float) else f"{k:<20} {v}")
     out = Path(args.out)

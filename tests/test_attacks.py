@@ -13,8 +13,9 @@ from advprune import attacks
 @pytest.mark.parametrize("norm,eps,step", [("linf", 0.1, 0.025), ("l2", 1.5, 0.4)])
 def test_pgd_stays_in_ball_and_raises_the_loss(trained, norm, eps, step):
     model, x, y = trained
-    x_adv = attacks.pgd(model, x, y, eps=eps, step_size=step, steps=5, norm=norm,
-                        generator=torch.Generator().manual_seed(1))  # fmt: skip
+    x_adv = attacks.pgd(
+        model, x, y, eps=eps, step_size=step, steps=5, norm=norm, generator=torch.Generator().manual_seed(1)
+    )
     delta = (x_adv - x).flatten(1)
     if norm == "linf":
         assert delta.abs().max() <= eps + 1e-6
@@ -43,8 +44,9 @@ def test_pgd_at_least_as_strong_as_torchattacks(trained):
 def test_restarts_keep_the_strongest_example(trained):
     model, x, y = trained
     single = attacks.pgd(model, x, y, eps=0.1, step_size=0.025, steps=3, generator=torch.Generator().manual_seed(3))
-    multi = attacks.pgd(model, x, y, eps=0.1, step_size=0.025, steps=3, restarts=3,
-                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    multi = attacks.pgd(
+        model, x, y, eps=0.1, step_size=0.025, steps=3, restarts=3, generator=torch.Generator().manual_seed(3)
+    )
     with torch.no_grad():
         l_single = F.cross_entropy(model(single), y, reduction="none")
         l_multi = F.cross_entropy(model(multi), y, reduction="none")
@@ -72,8 +74,9 @@ def test_autocast_and_channels_last(trained):
     model_cl = model.to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        x_adv = attacks.pgd(model_cl, x_cl, y, eps=0.1, step_size=0.025, steps=3,
-                            generator=torch.Generator().manual_seed(5))  # fmt: skip
+        x_adv = attacks.pgd(
+            model_cl, x_cl, y, eps=0.1, step_size=0.025, steps=3, generator=torch.Generator().manual_seed(5)
+        )
     assert x_adv.dtype == torch.float32 and x_adv.is_contiguous(memory_format=torch.channels_last)
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
     with torch.no_grad():

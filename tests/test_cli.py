@@ -55,16 +55,38 @@ def test_existing_output_needs_force(tmp_path, capsys):
 
 
 def test_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "advprune.cli", "prepare", "--dataset", "nope", "--out", "x"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "advprune.cli", "prepare", "--dataset", "nope", "--out", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_train_then_eval_a_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--limit", "256", "--epochs", "1", "--steps", "1", "--eval-n", "64", "--val-n", "64",
-            "--batch-size", "64", "--eps", "8/255", "--out", str(out), "--quiet"]  # fmt: skip
+    argv = [
+        "train",
+        "--limit",
+        "256",
+        "--epochs",
+        "1",
+        "--steps",
+        "1",
+        "--eval-n",
+        "64",
+        "--val-n",
+        "64",
+        "--batch-size",
+        "64",
+        "--eps",
+        "8/255",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert "PGD-20" in capsys.readouterr().out
     assert (out / "metrics.jsonl").is_file() and (out / "eval.json").is_file()

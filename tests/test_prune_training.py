@@ -85,13 +85,32 @@ def test_a_pruner_needs_data_that_can_change_its_subset(tmp_path, fashion):  # n
 
 # -------------------------------------------------------------- the command
 
-BASE = ["--limit", "512", "--epochs", "2", "--steps", "1", "--eval-n", "64", "--val-n", "64", "--batch-size", "64",
-        "--quiet"]  # fmt: skip
+BASE = [
+    "--limit",
+    "512",
+    "--epochs",
+    "2",
+    "--steps",
+    "1",
+    "--eval-n",
+    "64",
+    "--val-n",
+    "64",
+    "--batch-size",
+    "64",
+    "--quiet",
+]
+
+
+POOL = 448  # --limit 512 less the 64 held-out validation samples
 
 
 def train_run(out: Path, *extra: str) -> tuple[list[dict], dict]:
+    """(the pruning record, if any, then the epoch records; eval.json) of `advprune train`."""
     assert main(["train", *BASE, "--out", str(out), *extra]) == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    setup = lines.pop(0)
+    assert setup["phase"] == "setup" and setup["train_samples"] == POOL and setup["val"]["n"] == 64
     return lines, json.loads((out / "eval.json").read_text())
 
 
@@ -108,15 +127,17 @@ def full_run(tmp_path_factory):
 @needs_fashion
 @pytest.mark.parametrize(
     "spec,extra,kept",
-    [("random:0.5", [], 256), ("balanced:0.25", [], 128), ("el2n:0.5", ["--score-pass", "--score-attack", "pgd"], 256)],
+    [("random:0.5", [], 224), ("balanced:0.25", [], 112), ("el2n:0.5", ["--score-pass", "--score-attack", "pgd"], 224)],
 )
 def test_train_with_a_static_spec(tmp_path, spec, extra, kept):
     metrics, result = train_run(tmp_path / "run", "--prune", spec, *extra)
     selection, *epochs = metrics
     assert selection["phase"] == "pruning" and selection["kept"] == kept
     assert [r["samples"] for r in epochs] == [kept, kept]
-    assert len(load_indices(tmp_path / "run" / "kept.npy", 512)) == kept
-    assert 0 <= result["robust_acc"] <= result["clean_acc"] and result["prune"] == spec
+    chosen = load_indices(tmp_path / "run" / "kept.npy", 512)
+    held_out = load_indices(tmp_path / "run" / "val_ids.npy", 512)
+    assert len(chosen) == kept and not set(chosen.tolist()) & set(held_out.tolist())
+    assert 0 <= result["robust_acc"] <= result["clean_acc"] and result["prune"] == spec and result["split"] == "test"
     if spec.startswith("el2n"):  # scored by a warm-up run and a scoring pass inside the run, and timed
         assert selection["scoring_seconds"] > 0 and result["scoring_seconds"] == selection["scoring_seconds"]
         scores, meta = load_scores(tmp_path / "run" / "scores.npz")
@@ -124,19 +145,30 @@ def test_train_with_a_static_spec(tmp_path, spec, extra, kept):
 
 
 @needs_fashion
-@pytest.mark.parametrize("spec", ["ccs:0.25", "el2n:0.25", "forgetting:0.25", "easiest:0.25:margin"])
-def test_train_scoring_in_the_run(tmp_path, spec):
-    """Without --scores, the first epoch trains on all data and its steps score the samples; no extra pass."""
-    metrics, _ = train_run(tmp_path / "run", "--prune", spec, "--epochs", "3", "--class-balanced")
+@pytest.mark.parametrize(
+    "spec,warmup",
+    [("ccs:0.25", 1), ("el2n:0.25", 1), ("adv_loss:0.25", 1), ("easiest:0.25:margin", 1), ("forgetting:0.25", 2)],
+)
+def test_train_scoring_in_the_run(tmp_path, spec, warmup):
+    """Without --scores, the warm-up epochs train on the whole pool, then one scoring pass with the model as it
+    is then scores every pooled sample (its time in the epoch's record); forgetting comes from the steps."""
+    metrics, _ = train_run(
+        tmp_path / "run", "--prune", spec, "--epochs", "3", "--class-balanced", "--score-epochs", str(warmup)
+    )
     selection, *epochs = metrics
-    assert selection["scores"] == "the training step" and selection["scoring_seconds"] == 0
-    assert [r["samples"] for r in epochs] == [512, 128, 128]
+    assert selection["scores"] == "a scoring pass at the end of the warm-up" and selection["scoring_seconds"] == 0
+    assert [r["samples"] for r in epochs] == [POOL] * warmup + [112] * (3 - warmup)
+    assert ("scoring_pass_seconds" in epochs[warmup]) == (not spec.startswith("forgetting"))
     kept = load_indices(tmp_path / "run" / "kept.npy", 512)
     scores, _ = load_scores(tmp_path / "run" / "scores.npz")
-    assert len(kept) == 128 and {"adv_el2n", "adv_loss", "adv_margin", "forgetting"} == set(scores)
-    if spec.startswith("el2n"):  # the hardest quarter of each class by the first epoch's adversarial EL2N
-        el2n = scores["adv_el2n"]
-        assert el2n[kept].mean() > el2n.mean()
+    held_out = load_indices(tmp_path / "run" / "val_ids.npy", 512)
+    assert len(kept) == 112 and not set(kept.tolist()) & set(held_out.tolist())
+    if spec.startswith("el2n"):  # the hardest quarter of each class by the clean EL2N at the end of the warm-up
+        pool = torch.tensor(sorted(set(range(512)) - set(held_out.tolist())))
+        assert scores["el2n"][kept].mean() > scores["el2n"][pool].mean()
+        assert torch.isnan(scores["el2n"][held_out]).all()  # the held-out samples are not even scored
+    if spec.startswith("adv_loss"):
+        assert (scores["adv_loss"][kept] >= scores["adv_loss"][kept].min()).all() and "loss" not in scores
 
 
 @needs_fashion
@@ -144,7 +176,7 @@ def test_train_with_forgetting_scores_of_an_earlier_run(tmp_path, full_run):
     metrics, _ = train_run(
         tmp_path / "run", "--prune", "forgetting:0.5", "--scores", str(full_run / "train_scores.npz")
     )
-    assert metrics[0]["kept"] == 256 and metrics[0]["scores_file"].endswith("train_scores.npz")
+    assert metrics[0]["kept"] == 224 and metrics[0]["scores_file"].endswith("train_scores.npz")
 
 
 @needs_fashion
@@ -167,14 +199,24 @@ def test_score_command_then_ccs(tmp_path):
     loaded, meta = load_scores(scores)
     assert {"el2n", "adv_el2n", "grand", "forgetting"} <= set(loaded) and meta["seconds"] > 0
     metrics, _ = train_run(tmp_path / "run", "--prune", "ccs:0.3", "--scores", str(scores), "--class-balanced")
-    assert metrics[0]["kept"] == 154 and metrics[0]["scoring_seconds"] == meta["seconds"]
+    assert metrics[0]["kept"] == 134 and metrics[0]["scoring_seconds"] == meta["seconds"]
 
 
 @needs_fashion
 def test_score_command_from_checkpoints(tmp_path, full_run):
     out = tmp_path / "ckpt.npz"
-    argv = ["score", "--limit", "512", "--checkpoint", str(full_run / "last.pt"), str(full_run / "best.pt"),
-            "--score-attack", "pgd", "--out", str(out)]  # fmt: skip
+    argv = [
+        "score",
+        "--limit",
+        "512",
+        "--checkpoint",
+        str(full_run / "last.pt"),
+        str(full_run / "best.pt"),
+        "--score-attack",
+        "pgd",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     loaded, meta = load_scores(out)
     assert len(loaded["adv_loss"]) == 512 and (loaded["adv_loss"] > loaded["loss"]).float().mean() > 0.9
@@ -187,9 +229,9 @@ def test_train_with_a_dynamic_spec(tmp_path, spec):
     metrics, result = train_run(tmp_path / "run", "--prune", spec, "--epochs", "3")
     epochs = metrics[1:]
     if spec.startswith("dynamic"):
-        assert epochs[0]["samples"] == 512 and epochs[1]["samples"] < 512 and epochs[2]["samples"] == 512
+        assert epochs[0]["samples"] == POOL and epochs[1]["samples"] < POOL and epochs[2]["samples"] == POOL
     else:
-        assert [r["samples"] for r in epochs] == [256, 256, 256]
+        assert [r["samples"] for r in epochs] == [224, 224, 224]
     assert result["prune"] == spec
 
 
@@ -203,7 +245,8 @@ def test_train_with_a_dynamic_spec(tmp_path, spec):
         (["--scores", "s.npz"], "--scores is read by a score-based --prune"),
         (["--prune", "el2n:0.5", "--scores", "missing.npz"], "no scores file at missing.npz"),
         (["--prune", "dynamic:0.5", "--scores", "s.npz"], "uses the training losses, not --scores"),
-        (["--prune", "grand:0.5"], "grand is not among the training step's scores: add --score-pass"),
+        (["--prune", "forgetting:0.5"], "needs at least 2 warm-up epochs (--score-epochs 2), got 1"),
+        (["--val-n", "512"], "--val-n must be in [0, 512)"),
         (["--prune", "ccs:0.5", "--score-epochs", "2"], "--score-epochs must be >= 1 and below --epochs (2)"),
     ],
 )
@@ -216,8 +259,18 @@ def test_train_refuses_bad_prune_options(tmp_path, monkeypatch, capsys, extra, m
 
 @needs_fashion
 def test_scores_of_other_data_are_refused(tmp_path, full_run, capsys):
-    argv = ["train", *BASE, "--limit", "256", "--out", str(tmp_path / "run"), "--prune", "forgetting:0.5",
-            "--scores", str(full_run / "train_scores.npz")]  # fmt: skip
+    argv = [
+        "train",
+        *BASE,
+        "--limit",
+        "256",
+        "--out",
+        str(tmp_path / "run"),
+        "--prune",
+        "forgetting:0.5",
+        "--scores",
+        str(full_run / "train_scores.npz"),
+    ]
     assert main(argv) == 2
     assert "the scores cover 512 samples but the training set has 256" in capsys.readouterr().err
 
@@ -231,7 +284,17 @@ def test_a_short_last_batch_moves_the_weights_in_proportion_to_its_samples(tmp_p
         t = trainer(tmp_path, weight_decay=0.0, lr_schedule="constant", steps=0)
         before = [p.detach().clone() for p in t.model.parameters()]
         timing = {"attack": 0.0, "update": 0.0, "scoring": 0.0}
-        t.train_step(x[:1], y[:1], ids[:1], torch.Generator().manual_seed(0), timing, batch_size)
+        t.step(
+            x[:1],
+            y[:1],
+            ids[:1],
+            generator=torch.Generator().manual_seed(0),
+            weights=None,
+            batch_size=batch_size,
+            observers=[],
+            timing=timing,
+            epoch=0,
+        )
         deltas.append(
             torch.cat([(p.detach() - b).flatten() for p, b in zip(t.model.parameters(), before, strict=True)])
         )

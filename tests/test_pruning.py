@@ -320,27 +320,38 @@ def test_parse_spec_refuses(text, message):
     assert message in str(info.value)
 
 
-def test_warmup_selector_selects_once_from_the_step_scores_and_resumes():
+def test_warmup_selector_asks_for_one_scoring_pass_then_selects_from_it_and_resumes():
     from advprune.ops import SampleScores
     from advprune.pruning import WarmupSelector
 
     n = 400
     g = torch.Generator().manual_seed(0)
     el2n, loss = torch.rand(n, generator=g), torch.rand(n, generator=g)
-    selector = WarmupSelector(n, 0.25, "hardest", "adv_el2n", warmup_epochs=2)
+    pool = torch.arange(0, n, 2)  # the odd ids are held out
+    selector = WarmupSelector(n, 0.25, "hardest", "adv_el2n", warmup_epochs=2, pool=pool)
     for epoch in range(2):
-        assert torch.equal(selector.epoch_indices(epoch, n), torch.arange(n))
+        assert torch.equal(selector.epoch_indices(epoch, n), pool)
+        assert selector.scoring_request(epoch) is None
         correct = torch.rand(n, generator=g) < 0.5
-        for ids in torch.arange(n).split(64):
+        for ids in pool.split(64):
             selector.on_batch(ids, SampleScores(loss[ids], -el2n[ids], el2n[ids], None, None, correct[ids]), loss[ids])
+    request = selector.scoring_request(2)
+    assert torch.equal(request.ids, pool) and request.adversarial
+    with pytest.raises(RuntimeError, match="needs the scoring pass of the end of the warm-up"):
+        selector.epoch_indices(2, n)
+    scored = torch.full((n,), float("nan"))
+    scored[pool] = el2n[pool]
+    selector.set_scores({"adv_el2n": scored, "adv_loss": scored})
     kept = selector.epoch_indices(2, n)
-    assert set(kept.tolist()) == set(torch.argsort(el2n, descending=True)[:100].tolist())
-    selector.on_batch(torch.arange(n), SampleScores(loss, el2n, -el2n, None, None, correct), loss)  # ignored now
+    assert set(kept.tolist()) == set(pool[torch.argsort(el2n[pool], descending=True)[:50]].tolist())
+    assert selector.scoring_request(3) is None  # selected once
     assert torch.equal(selector.epoch_indices(3, n), kept)
-    again = WarmupSelector(n, 0.25, "hardest", "adv_el2n", warmup_epochs=2)
+    again = WarmupSelector(n, 0.25, "hardest", "adv_el2n", warmup_epochs=2, pool=pool)
     again.load_state_dict(selector.state_dict())
     assert torch.equal(again.epoch_indices(4, n), kept)
-    with pytest.raises(ValueError, match="the training step records"):
-        WarmupSelector(n, 0.25, score="grand")
+    with pytest.raises(ValueError, match="in-run selection ranks by one of"):
+        WarmupSelector(n, 0.25, score="aum")
+    with pytest.raises(ValueError, match="needs at least 2 warm-up epochs"):
+        WarmupSelector(n, 0.25, score="forgetting", warmup_epochs=1)
     with pytest.raises(ValueError, match="fraction must be a number in"):
         WarmupSelector(n, 0.0)

@@ -58,8 +58,12 @@ def test_adversarial_scores_are_higher_and_every_sample_must_be_covered(trained)
     clean = score_pass(model, batches_of(x, y), len(y))
     adv = score_pass(model, batches_of(x, y), len(y), attack="pgd", eps=0.1, steps=3)
     assert adv["loss"].mean() > clean["loss"].mean() + 0.1
-    with pytest.raises(ValueError, match="covered 100 of 128 samples"):
+    with pytest.raises(ValueError, match="covered 100 of the 128 samples"):
         score_pass(model, batches_of(x[:100], y[:100]), 128)
+    part = score_pass(model, batches_of(x[:100], y[:100]), 128, covering=torch.arange(100))
+    assert torch.isfinite(part["loss"][:100]).all() and torch.isnan(part["loss"][100:]).all()
+    with pytest.raises(ValueError, match="covered 100 of the 101 samples"):
+        score_pass(model, batches_of(x[:100], y[:100]), 128, covering=torch.arange(101))
     with pytest.raises(ValueError, match="needs eps > 0"):
         score_pass(model, batches_of(x, y), len(y), attack="fgsm")
 

@@ -11,7 +11,7 @@ import torch
 from advprune import models
 from advprune.data import from_arrays, make_loader, read_fashion_mnist
 from advprune.data.readers import FASHION_MNIST_DIR
-from advprune.train import Trainer, TrainingDiverged, resolve_amp
+from advprune.train import AttackConfig, OptimConfig, RunConfig, Trainer, TrainingDiverged, resolve_amp
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,36 @@ def fashion():
     return train, (val_x, torch.from_numpy(data.labels[512:640].copy()))
 
 
-def trainer(tmp_path, epochs=2, **kw):
+def trainer(
+    tmp_path,
+    epochs=2,
+    *,
+    attack="pgd",
+    step_size=0.05,
+    steps=2,
+    norm="linf",
+    lr=0.05,
+    lr_schedule="cosine",
+    weight_decay=5e-4,
+    pruner=None,
+    trackers=(),
+    validation=None,
+    **run,
+):
+    """A Trainer of the small CNN on the CPU in float32, quiet, writing into tmp_path."""
     torch.manual_seed(0)
-    model = models.create("small-cnn")
-    options = dict(attack="pgd", eps=0.1, step_size=0.05, steps=2, epochs=epochs, lr=0.05,
-                   lr_schedule="cosine", amp=None, device="cpu", out_dir=tmp_path, quiet=True)  # fmt: skip
-    options.update(kw)
-    return Trainer(model, **options)
+    options = dict(out_dir=tmp_path, amp=None, device="cpu", quiet=True)
+    options.update(run)
+    return Trainer(
+        models.create("small-cnn"),
+        AttackConfig(attack, eps=0.1, step_size=step_size, steps=steps, norm=norm),
+        epochs=epochs,
+        optim=OptimConfig(lr=lr, schedule=lr_schedule, weight_decay=weight_decay),
+        run=RunConfig(**options),
+        validation=validation,
+        pruner=pruner,
+        trackers=trackers,
+    )
 
 
 def loader(train):
@@ -44,8 +67,19 @@ def test_training_lowers_the_adversarial_loss_and_writes_metrics(tmp_path, fashi
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
-    for key in ("seconds", "samples", "lr", "train_loss", "train_adv_acc", "val_clean_acc", "val_pgd_acc",
-                "data_seconds", "attack_seconds", "update_seconds", "scoring_seconds"):  # fmt: skip
+    for key in (
+        "seconds",
+        "samples",
+        "lr",
+        "train_loss",
+        "train_adv_acc",
+        "val_clean_acc",
+        "val_pgd_acc",
+        "data_seconds",
+        "attack_seconds",
+        "update_seconds",
+        "scoring_seconds",
+    ):
         assert key in records[0], key
     assert records[0]["samples"] == 512
     assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
@@ -80,8 +114,8 @@ def test_catastrophic_overfitting_guard(tmp_path, fashion, monkeypatch):
 
     monkeypatch.setattr(t, "_validate", fake_validate)
     t.fit(loader(train), val)
-    assert t.attack == "pgd" and t.steps == 2
-    assert len(t.events) == 1 and "switched from FGSM-RS to PGD-2" in t.events[0]
+    assert t.attack.kind == "pgd" and t.attack.steps == 2
+    assert len(t.guard.events) == 1 and "switched from FGSM-RS to PGD-2" in t.guard.events[0]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 1, 2]  # epoch 1 ran again after the restore
     assert "event" in records[1]
@@ -110,10 +144,27 @@ def test_sigkill_mid_epoch_resumes_from_an_intact_checkpoint(tmp_path):
     if not os.path.isdir(FASHION_MNIST_DIR):
         pytest.skip("dataset-fashion-mnist is not installed")
     out = tmp_path / "run"
-    argv = ["train", "--limit", "1024", "--epochs", "6", "--steps", "1", "--batch-size", "64", "--val-n", "64",
-            "--eval-n", "64", "--out", str(out), "--quiet"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "advprune.cli", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    argv = [
+        "train",
+        "--limit",
+        "1024",
+        "--epochs",
+        "6",
+        "--steps",
+        "1",
+        "--batch-size",
+        "64",
+        "--val-n",
+        "64",
+        "--eval-n",
+        "64",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "advprune.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 300
     while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -125,5 +176,6 @@ def test_sigkill_mid_epoch_resumes_from_an_intact_checkpoint(tmp_path):
     done = state["epoch"]
     assert 1 <= done < 6
     assert main([*argv, "--resume"]) == 0
-    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in records if "epoch" in r]
     assert epochs == list(range(6))  # each epoch recorded once: the killed one ran again from its start

@@ -12,9 +12,11 @@ from advprune.data.readers import (
     read_image_folder,
     read_mnist_like,
 )
+from advprune.data.with_ids import WithIds, with_ids
 
 __all__ = [
     "Dataset",
+    "WithIds",
     "from_arrays",
     "make_loader",
     "read_beton",
@@ -24,5 +26,6 @@ __all__ = [
     "read_idx",
     "read_image_folder",
     "read_mnist_like",
+    "with_ids",
     "write_beton",
 ]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from advprune._deps import require
 from advprune._files import write_atomic
 from advprune.data.readers import check_arrays
 
@@ -41,6 +42,7 @@ def write_beton(
     from advprune.data.ffcv_loader import keep_torch_threads
 
     with keep_torch_threads():
+        require("ffcv", extra="ffcv", purpose="writing a .beton file")
         from ffcv.fields import IntField, NDArrayField
         from ffcv.writer import DatasetWriter
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from advprune._deps import require
 from advprune.data.beton import FIELDS
 from advprune.data.subset import SubsetLoader, SubsetSchedule
 
@@ -36,7 +37,7 @@ def keep_torch_threads() -> Iterator[None]:
 def open_beton(path: str | Path):
     """ffcv's Reader of a .beton, with a clear error for a missing, truncated or foreign file."""
     with keep_torch_threads():
-        from ffcv.reader import Reader
+        Reader = require("ffcv.reader", extra="ffcv", purpose="reading a .beton file").Reader
 
     path = Path(path)
     if not path.is_file():
@@ -64,7 +65,8 @@ def image_shape(path: str | Path) -> tuple[int, int, int]:
 
 
 class FfcvLoader(SubsetLoader):
-    """Yields (x, y, ids) from a .beton: x float in [0, 1] [B, C, H, W] channels_last on the device."""
+    """Yields (x, y, ids) from a .beton: x float in [0, 1] [B, C, H, W] on the device (contiguous, or
+    channels_last when asked)."""
 
     def __init__(
         self,
@@ -80,9 +82,11 @@ class FfcvLoader(SubsetLoader):
         dtype: torch.dtype = torch.float32,
         num_workers: int = 0,
         padding: int = 4,
+        channels_last: bool = False,
     ) -> None:
         threads = torch.get_num_threads()
         with keep_torch_threads():
+            require("ffcv", extra="ffcv", purpose="the ffcv loader")
             from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
             from ffcv.loader import Loader, OrderOption
             from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, Squeeze, ToTensor
@@ -94,6 +98,7 @@ class FfcvLoader(SubsetLoader):
         )
         self.device = torch.device(device)
         self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         image = [NDArrayDecoder()]
         if augment:
             image += [RandomHorizontalFlip(), RandomTranslate(padding=padding)]
@@ -124,5 +129,6 @@ class FfcvLoader(SubsetLoader):
         # ffcv reuses its output buffers for later batches: everything yielded is a copy
         with keep_torch_threads():
             for images, labels, ids in self._loader:
-                x = images.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
+                x = images.to(self.device).permute(0, 3, 1, 2)
+                x = x.to(self.dtype, memory_format=self.memory_format).div_(255)
                 yield x, labels.to(self.device, torch.int64, copy=True), ids.to(self.device, torch.int64, copy=True)

@@ -13,7 +13,8 @@ from advprune.data.subset import SubsetLoader, SubsetSchedule
 
 
 class MemoryLoader(SubsetLoader):
-    """Yields (x, y, ids): x float in [0, 1] [B, C, H, W] (channels_last), y and ids int64.
+    """Yields (x, y, ids): x float in [0, 1] [B, C, H, W] (contiguous, or channels_last when asked),
+    y and ids int64.
 
     `set_indices` changes the served subset from the next epoch on; `len()` follows it.
     """
@@ -32,6 +33,7 @@ class MemoryLoader(SubsetLoader):
         drop_last: bool = False,
         dtype: torch.dtype = torch.float32,
         padding: int = 4,
+        channels_last: bool = False,
     ) -> None:
         if isinstance(images, np.ndarray) and not images.flags.writeable:
             images = images.copy()  # torch wants writable memory (e.g. arrays read from a buffer)
@@ -46,6 +48,7 @@ class MemoryLoader(SubsetLoader):
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.augment = augment
         self.padding = padding
         self.schedule = SubsetSchedule(
@@ -62,7 +65,7 @@ class MemoryLoader(SubsetLoader):
             raw = self.images.index_select(0, ids)
             if self.augment:
                 raw = self._crop_and_flip(raw, generator)
-            x = raw.permute(0, 3, 1, 2).to(self.dtype).div_(255)
+            x = raw.permute(0, 3, 1, 2).to(self.dtype, memory_format=self.memory_format).div_(255)
             yield x, self.labels.index_select(0, ids), ids
 
     def _crop_and_flip(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -19,6 +19,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from advprune._deps import require
+
 try:  # numpy 2
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy 1
@@ -185,8 +187,17 @@ def _find(folder: Path, stem: str) -> Path:
 
 
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def read_mnist_like(root: str | Path = FASHION_MNIST_DIR, *, train: bool = True, classes=()) -> Dataset:
@@ -214,26 +225,34 @@ def read_fashion_mnist(root: str | Path = FASHION_MNIST_DIR, *, train: bool = Tr
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm"}
 
 
-def read_image_folder(root: str | Path, *, grayscale: bool = False) -> Dataset:
-    """One subfolder per class (sorted names are the classes); all images must share a size."""
-    from PIL import Image
-
+def folder_classes(root: str | Path) -> tuple[str, ...]:
+    """The class names of an image folder: its subfolders, sorted."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no image folder at {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     if not classes:
         raise ValueError(f"{root} has no class subfolders: expected one folder of images per class")
+    return classes
+
+
+def read_image_folder(root: str | Path, *, grayscale: bool = False, classes: tuple[str, ...] | None = None) -> Dataset:
+    """One subfolder per class; all images must share a size. The label of a subfolder is its
+    position in `classes` (default: the sorted subfolder names). Give the training split's classes
+    when reading a test split, so that a class missing there shifts no label."""
+    root = Path(root)
+    present = folder_classes(root)
+    classes = present if classes is None else tuple(classes)
+    unknown = sorted(set(present) - set(classes))
+    if unknown:
+        raise ValueError(f"{root} has class folders {unknown} that the training split does not have: {classes}")
     images, labels = [], []
-    for label, name in enumerate(classes):
+    for name in present:
+        label = classes.index(name)
         for file in sorted((root / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            try:
-                with Image.open(file) as img:
-                    array = np.asarray(img.convert("L" if grayscale else "RGB"))
-            except OSError as exc:
-                raise ValueError(f"cannot read image {file}: {exc}") from exc
+            array = _read_image(file, grayscale)
             if images and array.shape != images[0].shape:
                 raise ValueError(
                     f"{file} is {array.shape[1]}x{array.shape[0]} but {root} holds "
@@ -243,7 +262,17 @@ def read_image_folder(root: str | Path, *, grayscale: bool = False) -> Dataset:
             labels.append(label)
     if not images:
         raise ValueError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return from_arrays(np.stack(images), np.asarray(labels), tuple(classes))
+    return from_arrays(np.stack(images), np.asarray(labels), classes)
+
+
+def _read_image(file: Path, grayscale: bool) -> np.ndarray:
+    Image = require("PIL.Image", extra="images", purpose="reading an image folder")
+
+    try:
+        with Image.open(file) as img:
+            return np.asarray(img.convert("L" if grayscale else "RGB"))
+    except OSError as exc:
+        raise ValueError(f"cannot read image {file}: {exc}") from exc
 
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "folder")
@@ -261,4 +290,5 @@ def read_dataset(name: str, data_dir: str | Path | None = None, *, train: bool =
         return read_mnist_like(data_dir, train=train, classes=tuple(str(d) for d in range(10)))
     if name in ("cifar10", "cifar100"):
         return read_cifar(data_dir, train=train, cifar100=name == "cifar100")
-    return read_image_folder(Path(data_dir) / ("train" if train else "test"))
+    classes = folder_classes(Path(data_dir) / "train")  # the labels follow the training split's classes
+    return read_image_folder(Path(data_dir) / ("train" if train else "test"), classes=classes)

@@ -9,32 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
+from advprune.ids import as_indices, epoch_generator
+
 ORDERS = ("random", "sequential")
-
-
-def epoch_generator(seed: int, epoch: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """The generator of one epoch's random choices: a run with the same seed repeats them, epoch by epoch."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
-
-
-def as_indices(indices: object, n: int | None) -> torch.Tensor:
-    """A 1-D int64 CPU tensor of distinct sample ids in [0, n) (n None: any id >= 0); ValueError/TypeError
-    naming the problem."""
-    t = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
-    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-        raise TypeError(f"indices must be integer sample ids, got {t.dtype}")
-    t = t.to(device="cpu", dtype=torch.int64).reshape(-1) if t.dim() <= 1 else t
-    if t.dim() != 1:
-        raise ValueError(f"indices must be 1-D, got shape {list(t.shape)}")
-    if len(t) and (int(t.min()) < 0 or (n is not None and int(t.max()) >= n)):
-        bounds = f"[0, {n})" if n is not None else ">= 0"
-        raise ValueError(f"indices must lie in {bounds}, got values from {int(t.min())} to {int(t.max())}")
-    if len(torch.unique(t)) != len(t):
-        raise ValueError(f"indices must be distinct: {len(t) - len(torch.unique(t))} repeat")
-    return t
 
 
 class SubsetSchedule:

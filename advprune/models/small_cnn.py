@@ -1,7 +1,9 @@
-"""A small CNN for 28x28 grayscale images (Fashion-MNIST, MNIST): about 4M multiply-adds
-an image, fast enough for adversarial training on a CPU."""
+"""A small CNN for small images (28x28 grayscale by default: Fashion-MNIST, MNIST): about 4M
+multiply-adds a 28x28 image, fast enough for adversarial training on a CPU."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -10,14 +12,30 @@ from advprune.models.normalize import FASHION_MEAN, FASHION_STD, Normalize
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, mean=FASHION_MEAN, std=FASHION_STD) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        mean: Sequence[float] = FASHION_MEAN,
+        std: Sequence[float] = FASHION_STD,
+        image_size: Sequence[int] = (28, 28),
+    ) -> None:
         super().__init__()
+        height, width = image_size
+        if height < 4 or width < 4:
+            raise ValueError(f"SmallCNN needs images of at least 4x4 (two 2x2 poolings), got {height}x{width}")
         self.normalize = Normalize(mean, std)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 14x14
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 7x7
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (height // 4) * (width // 4), 128),
+            nn.ReLU(inplace=True),
+        )
         self.linear = nn.Linear(128, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

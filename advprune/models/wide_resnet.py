@@ -12,9 +12,14 @@ from advprune.models.preact_resnet import PreActBlock  # the same pre-activation
 
 class WideResNet(nn.Module):
     def __init__(
-        self, depth: int = 34, width: int = 10, num_classes: int = 10, in_channels: int = 3,
-        mean=CIFAR10_MEAN, std=CIFAR10_STD,
-    ) -> None:  # fmt: skip
+        self,
+        depth: int = 34,
+        width: int = 10,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+    ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n + 4 (28, 34, ...), got {depth}")

@@ -1,16 +1,21 @@
-"""PrunedSampler for any torch DataLoader, and selections saved as .npy index files."""
+"""PrunedSampler for any torch DataLoader (and PrunerSampler, driven by a pruner), and selections
+saved as .npy index files."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 from advprune._files import write_atomic
-from advprune.data.subset import as_indices, epoch_generator
+from advprune.ids import as_indices, epoch_generator
+
+if TYPE_CHECKING:
+    from advprune.pruning.protocol import Pruner
 
 
 class PrunedSampler(Sampler[int]):
@@ -42,6 +47,37 @@ class PrunedSampler(Sampler[int]):
             order = order[torch.randperm(len(order), generator=epoch_generator(self.seed, self.epoch))]
         self.epoch += 1
         return iter(order.tolist())
+
+
+class PrunerSampler(PrunedSampler):
+    """A PrunedSampler that asks its pruner for the ids of each epoch by itself (before len() or iteration),
+    so that a loop of your own needs no set_indices call: DataLoader(dataset, sampler=pruner.sampler())."""
+
+    def __init__(self, pruner: Pruner, shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__(pruner.pool, shuffle, seed, pruner.num_samples)
+        self.pruner = pruner
+        self._prepared: int | None = None
+        self._iterating = False
+
+    def _prepare(self) -> None:
+        if self._prepared != self.epoch:
+            ids = self.pruner.epoch_indices(self.epoch, self.num_samples)
+            if ids is not None:
+                self.set_indices(ids)
+            self._prepared = self.epoch
+
+    def __len__(self) -> int:
+        if not self._iterating:  # during an epoch, its length; the next epoch's ids wait for its updates
+            self._prepare()
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        self._prepare()
+        self._iterating = True
+        try:
+            yield from super().__iter__()
+        finally:
+            self._iterating = False
 
 
 def save_indices(path: str | Path, indices: object) -> Path:

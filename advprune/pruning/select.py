@@ -13,6 +13,8 @@ import math
 import numpy as np
 import torch
 
+from advprune.ids import class_quotas
+
 METHODS = ("random", "balanced", "hardest", "easiest", "ccs")
 EASY_IS_HIGH = ("margin", "confidence", "adv_margin", "adv_confidence")  # negated to rank hardest-first
 
@@ -63,20 +65,6 @@ def _as_labels(labels: object, n: int) -> torch.Tensor:
     if int(t.min()) < 0:
         raise ValueError(f"labels must be >= 0, got {int(t.min())}")
     return t.to("cpu", torch.int64)
-
-
-def class_quotas(labels: torch.Tensor, k: int) -> torch.Tensor:
-    """How many of each class to keep: proportional to the class sizes (each class keeps the
-    same fraction), rounded by largest remainder so that the quotas sum to exactly k."""
-    sizes = torch.bincount(labels).to(torch.float64)
-    exact = sizes * (k / len(labels))
-    quotas = exact.floor().to(torch.int64)
-    short = k - int(quotas.sum())
-    if short:
-        remainder = exact - quotas
-        order = torch.argsort(-remainder, stable=True)  # ties: the lower class first
-        quotas[order[:short]] += 1
-    return quotas
 
 
 def _ranked(scores: torch.Tensor, k: int, hardest: bool, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,47 @@
+"""`advprune eval`: clean and PGD / AutoAttack accuracy of a checkpoint on the test set, on the
+device asked for."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from advprune.cli.common import UsageError, resolve_device, tensors
+from advprune.cli.factory import checkpoint_model
+
+
+def eval_command(args: argparse.Namespace) -> None:
+    from advprune.autoattack import STAGES
+    from advprune.data.readers import read_dataset
+    from advprune.evaluate import evaluate, format_result
+
+    model, meta = checkpoint_model(args.checkpoint)
+    model.to(resolve_device(args.device))
+    test = read_dataset(args.dataset or meta.get("dataset"), args.data_dir, train=False)
+    eps = args.eps if args.eps is not None else meta.get("eps")
+    if eps is None:
+        raise UsageError("the checkpoint records no eps: pass --eps")
+    norm = args.norm or meta.get("norm", "linf")
+    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise UsageError(f"--stages: unknown {', '.join(unknown)} (choose from {', '.join(STAGES)})")
+    x, y = tensors(test, range(min(args.n, len(test))))
+    result = evaluate(
+        model,
+        x,
+        y,
+        attack=args.attack,
+        eps=eps,
+        steps=args.steps,
+        restarts=args.restarts,
+        norm=norm,
+        batch_size=args.batch_size,
+        stages=stages,
+        progress=not args.quiet,
+    )
+    result.update(split="test", test_ids=f"the first {result['n']} of the test set", checkpoint=str(args.checkpoint))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    print(format_result(result))

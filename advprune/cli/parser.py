@@ -1,0 +1,165 @@
+"""The `advprune` command line: subcommands, their options, and --config files under the flags."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from advprune.cli.common import OneLineParser, UsageError, load_config, number
+
+
+def _add_training_options(p: argparse.ArgumentParser, eps_default: float | None = 0.1) -> None:
+    """The options of how a model is trained: shared by train and score (its warm-up runs)."""
+    from advprune.models import MODELS
+    from advprune.train import OBJECTIVES
+
+    p.add_argument("--model", choices=tuple(MODELS), default=None, help="default: small-cnn for 28x28 data")
+    p.add_argument("--attack", choices=OBJECTIVES, default="pgd")
+    p.add_argument("--eps", type=number, default=eps_default, help="in [0, 1] pixel space; fractions (8/255) work")
+    p.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    p.add_argument("--step-size", type=number, default=None, help="default: 1.25 eps for fgsm_rs, eps/4 otherwise")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=number, default=0.05)
+    p.add_argument("--lr-schedule", choices=("piecewise", "cosine", "onecycle", "constant"), default="cosine")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
+    p.add_argument("--backend", choices=("memory", "ffcv"), default="memory")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when there is one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-n", type=int, default=500, help="training samples held out for validation, never trained on")
+
+
+def _add_pruning_options(t: argparse.ArgumentParser) -> None:
+    t.add_argument(
+        "--prune",
+        default=None,
+        metavar="SPEC",
+        help="random:0.2 | balanced:0.2 | el2n:0.4 | ccs:0.3 | forgetting:0.5 | dynamic:0.5 | keep-hard:0.5",
+    )
+    t.add_argument("--scores", default=None, metavar="FILE", help="scores (.npz from advprune score) for --prune")
+    t.add_argument("--class-balanced", action="store_true", help="apply a score-based selector inside each class")
+    t.add_argument(
+        "--score-epochs",
+        type=int,
+        default=1,
+        help="without --scores: the warm-up epochs on all data, then a scoring pass chooses the subset",
+    )
+    t.add_argument(
+        "--score-pass",
+        action="store_true",
+        help="score with separate warm-up runs and a scoring pass instead (any score, e.g. grand)",
+    )
+    t.add_argument("--score-seeds", type=int, default=1, help="warm-up runs whose scores are averaged (--score-pass)")
+    t.add_argument(
+        "--score-attack",
+        choices=("none", "fgsm", "pgd"),
+        default="fgsm",
+        help="adversarial inputs scored besides the clean ones (adv_el2n, ...)",
+    )
+
+
+def _train_parser(commands) -> None:
+    from advprune.cli.train_command import train
+    from advprune.data.readers import DATASETS
+
+    t = commands.add_parser("train", help="adversarial training, then clean and PGD-20 accuracy on the test set")
+    t.add_argument("--config", default=None, help="a TOML or YAML file of options; flags override it")
+    t.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    t.add_argument("--data-dir", default=None)
+    _add_training_options(t)
+    t.add_argument("--epochs", type=int, default=5)
+    t.add_argument("--limit", type=int, default=None, help="use the first N training samples (validation included)")
+    _add_pruning_options(t)
+    t.add_argument("--val-steps", type=int, default=10, help="PGD steps of the per-epoch validation")
+    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    t.add_argument("--eval-n", type=int, default=1000, help="test samples of the final evaluation (the first N)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--out", required=False, default=None, help="the run folder (checkpoints, metrics.jsonl)")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(run=train)
+
+
+def _score_parser(commands) -> None:
+    from advprune.cli.score_command import score_command
+    from advprune.data.readers import DATASETS
+
+    sc = commands.add_parser("score", help="per-sample scores of the training set (for --prune ... --scores)")
+    sc.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    sc.add_argument("--data-dir", default=None)
+    sc.add_argument("--limit", type=int, default=None, help="score the first N training samples")
+    sc.add_argument("--checkpoint", nargs="+", default=None, help="checkpoints whose scores are averaged")
+    sc.add_argument("--warmup-epochs", type=int, default=None, help="or: train fresh models W epochs, then score")
+    sc.add_argument("--seeds", type=int, default=1, help="warm-up runs whose scores are averaged")
+    sc.add_argument(
+        "--score-attack",
+        dest="attack_for_scores",
+        choices=("none", "fgsm", "pgd"),
+        default="fgsm",
+        help="adversarial inputs scored besides the clean ones (adv_el2n, ...)",
+    )
+    sc.add_argument("--score-steps", type=int, default=2, help="PGD steps of --score-attack pgd")
+    sc.add_argument("--out", required=True, help="the .npz file to write (metadata beside it as .json)")
+    _add_training_options(sc, eps_default=None)
+    sc.set_defaults(run=score_command)
+
+
+def _eval_parser(commands) -> None:
+    from advprune.cli.eval_command import eval_command
+    from advprune.data.readers import DATASETS
+
+    e = commands.add_parser("eval", help="clean and robust accuracy of a checkpoint on the test set")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--dataset", choices=DATASETS, default=None, help="default: the one it was trained on")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--attack", choices=("pgd", "autoattack", "clean"), default="pgd")
+    e.add_argument("--eps", type=number, default=None, help="default: the training eps")
+    e.add_argument("--norm", choices=("linf", "l2"), default=None, help="default: the training norm")
+    e.add_argument("--steps", type=int, default=20, help="PGD steps")
+    e.add_argument("--restarts", type=int, default=1, help="PGD restarts (robust only if every restart fails)")
+    e.add_argument("--stages", default=None, help="AutoAttack stages, e.g. apgd-ce,apgd-t (default: all four)")
+    e.add_argument("--n", type=int, default=1000, help="the first N test samples")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when there is one)")
+    e.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(run=eval_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from advprune.cli.prepare_command import prepare
+    from advprune.data.readers import DATASETS
+
+    parser = OneLineParser(prog="advprune", description="Fast adversarial training on pruned data.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    parser.subcommands = commands.choices  # name -> its parser, for --config defaults
+
+    p = commands.add_parser("prepare", help="write a dataset as an FFCV .beton (image, label, sample id)")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--data-dir", default=None, help="the dataset folder (fashion-mnist: the Debian package's)")
+    p.add_argument("--split", default="train", choices=("train", "test"))
+    p.add_argument("--out", required=True, help="the .beton file to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(run=prepare)
+    _train_parser(commands)
+    _score_parser(commands)
+    _eval_parser(commands)
+    return parser
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags over the --config file over the defaults."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        config = load_config(args.config)
+        sub = parser.subcommands[args.command]
+        known = {a.dest for a in sub._actions}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise UsageError(f"{args.config}: unknown options {', '.join(unknown)}")
+        sub.set_defaults(**config)
+        args = parser.parse_args(argv)
+    if args.command == "train" and args.out is None:
+        raise UsageError("train needs --out DIR (the run folder)")
+    return args

@@ -1,0 +1,147 @@
+"""`advprune train`: adversarial training (optionally on pruned data) with validation on held-out
+training samples, then clean and PGD-20 accuracy on the test set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from advprune.cli.common import UsageError, tensors
+from advprune.cli.factory import RunFactory, training_data
+
+
+def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
+    """(kept ids or None, pruner or None, the record of the selection for metrics.jsonl). Every choice is
+    made from the pool: the held-out validation ids are never trained on."""
+    import torch
+
+    from advprune.prune_setup import Stopwatch, dynamic_pruner, static_indices, warmup_selector
+    from advprune.pruning import load_indices, parse_spec, save_indices
+    from advprune.scores import load_scores, save_scores
+
+    if args.prune is None:
+        if args.scores is not None:
+            raise UsageError("--scores is read by a score-based --prune (el2n:0.4, ccs:0.3, forgetting:0.5)")
+        return None, None, None
+    spec = parse_spec(args.prune)
+    n, pool = len(factory.data), factory.pool
+    record = {"phase": "pruning", "prune": args.prune, "scoring_seconds": 0.0}
+    if spec.is_dynamic:
+        if args.scores is not None:
+            raise UsageError(f"--prune {args.prune} uses the training losses, not --scores")
+        return None, dynamic_pruner(spec, n, args.epochs, seed=args.seed, pool=pool), record
+    if args.scores is not None and not spec.needs_scores:
+        raise UsageError(f"--scores is read by a score-based --prune (el2n:0.4, ccs:0.3), not by {spec.method}")
+    kept_file = out / "kept.npy"
+    if args.resume and kept_file.is_file():
+        return load_indices(kept_file, n), None, None  # the selection of the run being resumed
+    labels = torch.from_numpy(factory.data.labels.astype("int64"))
+    if spec.needs_scores and args.scores is None and not args.score_pass:
+        if not 1 <= args.score_epochs < args.epochs:
+            raise UsageError(f"--score-epochs must be >= 1 and below --epochs ({args.epochs}), got {args.score_epochs}")
+        selector = warmup_selector(
+            spec,
+            n,
+            labels,
+            warmup_epochs=args.score_epochs,
+            class_balanced=args.class_balanced,
+            seed=args.seed,
+            pool=pool,
+        )
+        return None, selector, {**record, "scores": "a scoring pass at the end of the warm-up"}
+    scores = None
+    if spec.needs_scores and args.scores is not None:
+        scores, scores_meta = load_scores(args.scores)
+        record.update(scores_file=str(args.scores), scoring_seconds=float(scores_meta.get("seconds", 0.0)))
+    elif spec.needs_scores:
+        with Stopwatch() as watch:
+            scores = factory.warmup_scores(args.score_epochs, args.score_seeds, args.score_attack)
+        save_scores(
+            out / "scores.npz",
+            scores,
+            {
+                "seconds": watch.seconds,
+                "warmup_epochs": args.score_epochs,
+                "seeds": args.score_seeds,
+                "attack": args.score_attack,
+            },
+        )
+        record.update(scores_file=str(out / "scores.npz"), scoring_seconds=watch.seconds)
+    indices = static_indices(
+        spec, n, labels, scores=scores, class_balanced=args.class_balanced, seed=args.seed, pool=pool
+    )
+    save_indices(kept_file, indices)
+    record["kept"] = len(indices)
+    return indices, None, record
+
+
+def _setup_record(factory: RunFactory, args: argparse.Namespace, test_size: int) -> dict:
+    """Where each number of the run comes from: which samples train, validate and test."""
+    return {
+        "phase": "setup",
+        "train_samples": len(factory.pool),
+        "val": {"split": "train (held out, never trained on)", "n": len(factory.val_ids), "ids": "val_ids.npy"},
+        "test": {"split": "test", "n": min(args.eval_n, test_size), "ids": f"the first {args.eval_n}"},
+        "model": factory.model_name,
+        "attack": {"kind": args.attack, "eps": args.eps, "steps": args.steps, "norm": args.norm},
+    }
+
+
+def train(args: argparse.Namespace) -> None:
+    """PGD (or FGSM-RS, TRADES, clean) training, optionally on pruned data, then clean and PGD-20 accuracy."""
+    from advprune.evaluate import evaluate, format_result
+    from advprune.pruning import save_indices
+    from advprune.scores import ForgettingTracker, save_scores
+
+    out = Path(args.out)
+    if (out / "last.pt").exists() and not args.resume:
+        raise UsageError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
+    started = time.perf_counter()
+    data, test = training_data(args)
+    factory = RunFactory(args, data)
+    indices, pruner, record = _pruning(args, factory, out)
+    forgetting = ForgettingTracker(len(data))
+    trainer = factory.trainer(
+        factory.model(args.seed),
+        epochs=args.epochs,
+        out=out,
+        seed=args.seed,
+        quiet=args.quiet,
+        pruner=pruner,
+        trackers=[forgetting],
+    )
+    if not args.resume:
+        trainer.log(_setup_record(factory, args, len(test)))
+        save_indices(out / "val_ids.npy", factory.val_ids)
+        if record is not None:
+            trainer.log(record)
+    trainer.fit(factory.loader(out, indices=indices, seed=args.seed), factory.val(), resume=args.resume)
+    save_scores(
+        out / "train_scores.npz",
+        {"forgetting": forgetting.scores()},
+        {"source": "training run", "epochs": args.epochs, "prune": args.prune},
+    )
+    if getattr(pruner, "kept", None) is not None:  # selected in the run from its scoring pass
+        save_indices(out / "kept.npy", pruner.kept)
+        save_scores(
+            out / "scores.npz",
+            pruner.scores(),
+            {"source": "scoring pass in the run", "warmup_epochs": args.score_epochs},
+        )
+    x_test, y_test = tensors(test, range(min(args.eval_n, len(test))))
+    result = evaluate(
+        trainer.model, x_test, y_test, attack="pgd", eps=args.eps, steps=20, norm=args.norm, progress=not args.quiet
+    )
+    result.update(
+        split="test",
+        test_ids=f"the first {result['n']} of the test set",
+        model="last.pt (final epoch)",
+        wall_seconds=time.perf_counter() - started,
+        prune=args.prune,
+    )
+    if record is not None:
+        result["scoring_seconds"] = record["scoring_seconds"]
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    print(format_result(result))

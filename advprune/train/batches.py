@@ -1,0 +1,54 @@
+"""What the Trainer needs of its training data: batches of (images, labels, sample ids), checked
+with errors that say what to do, and, for pruning, a way to change the subset each epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from advprune._checks import check_images_and_labels
+
+
+@dataclass
+class SubsetControl:
+    """The part of the training data that serves a changing subset: set_indices for the next epoch,
+    set_epoch for its order, and the size of the id space (None when unknown)."""
+
+    set_indices: Callable[[object], None]
+    set_epoch: Callable[[int], None]
+    num_samples: int | None
+
+
+def subset_control(train: Iterable) -> SubsetControl | None:
+    """An advprune loader, or a DataLoader over a PrunedSampler; None for other iterables."""
+    schedule = getattr(train, "schedule", None)
+    if hasattr(train, "set_indices") and schedule is not None:
+        return SubsetControl(train.set_indices, lambda e: setattr(schedule, "epoch", e), schedule.n)
+    sampler = getattr(train, "sampler", None)
+    if hasattr(sampler, "set_indices") and hasattr(sampler, "set_epoch"):
+        return SubsetControl(sampler.set_indices, sampler.set_epoch, getattr(sampler, "num_samples", None))
+    return None
+
+
+def loader_batch_size(train: Iterable) -> int | None:
+    """The batch size the data was built with (an advprune loader's or a DataLoader's), if it says."""
+    schedule = getattr(train, "schedule", None)
+    return getattr(schedule, "batch_size", None) or getattr(train, "batch_size", None)
+
+
+def unpack_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, y, ids) of a batch; TypeError naming what came instead and what to do."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+        got = f"a {type(batch).__name__} of {len(batch)} items" if isinstance(batch, (tuple, list)) else type(batch)
+        raise TypeError(
+            f"the training data must yield (images, labels, sample ids) batches, got {got}: wrap a dataset of "
+            "(x, y) pairs with advprune.data.with_ids(dataset), or use advprune.data.make_loader"
+        )
+    x, y, ids = batch
+    check_images_and_labels("Trainer", x, y)
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.shape != y.shape:
+        got = f"{ids.dtype} {list(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"Trainer: sample ids must be an integer tensor [{len(y)}], got {got}")
+    return x, y, ids

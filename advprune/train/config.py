@@ -1,0 +1,111 @@
+"""The Trainer's options, grouped by what they configure: the training attack, the optimiser,
+the per-epoch validation and the run itself. Each checks its values when made."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+OBJECTIVES = ("pgd", "fgsm_rs", "trades", "clean")
+NORMS = ("linf", "l2")
+AMP_MODES = ("auto", "bf16", "fp16", None)
+
+
+def _positive_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The training attack. kind: pgd (Madry), fgsm_rs (Wong et al.), trades (Zhang et al., with beta)
+    or clean; eps and step_size in [0, 1] pixel space; step_size None takes each attack's usual step:
+    1.25 eps for fgsm_rs (Wong et al.), eps / 4 for pgd and trades."""
+
+    kind: str = "pgd"
+    eps: float = 8 / 255
+    step_size: float | None = None
+    steps: int = 10
+    norm: str = "linf"
+    beta: float = 6.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"attack must be one of {OBJECTIVES}, got {self.kind!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f'norm must be "linf" or "l2", got {self.norm!r}')
+        if self.kind == "fgsm_rs" and self.norm != "linf":
+            raise ValueError("fgsm_rs is an linf attack: train l2 models with pgd or trades")
+        _positive_number("eps", self.eps)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
+        if self.step_size is None:
+            object.__setattr__(self, "step_size", 1.25 * self.eps if self.kind == "fgsm_rs" else self.eps / 4)
+        _positive_number("step_size", self.step_size)
+
+    def safer(self) -> tuple[AttackConfig, str]:
+        """The setting the overfitting guard switches to after a collapse, and what it did."""
+        if self.kind == "fgsm_rs":
+            return replace(self, kind="pgd", steps=2, step_size=self.eps / 2), "switched from FGSM-RS to PGD-2"
+        halved = replace(self, step_size=self.step_size / 2)
+        return halved, f"halved the attack step to {halved.step_size:.5g}"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD (momentum, weight decay, Nesterov) and its learning-rate schedule (advprune.schedules)."""
+
+    lr: float = 0.1
+    schedule: str = "piecewise"
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+
+    def build(self, params) -> torch.optim.SGD:
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov
+        )
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """The check on the held-out data after each epoch: clean and PGD-steps accuracy (step eps / 4).
+    It picks best.pt and guards against catastrophic overfitting: a fall of PGD accuracy by more than
+    collapse_drop restores the last checkpoint and continues with a safer attack. every: validate
+    every N epochs (and after the last)."""
+
+    steps: int = 10
+    every: int = 1
+    collapse_drop: float = 0.2
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.every < 1 or self.batch_size < 1:
+            raise ValueError(f"validation steps, every and batch_size must be >= 1, got {self}")
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        return (epoch + 1) % self.every == 0 or epoch + 1 == epochs
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how the run executes. amp: "auto" (bfloat16 where the hardware computes it natively),
+    "bf16", "fp16" or None. channels_last: None converts advprune's own models (in place) and leaves
+    other models as they are, since a model that flattens with .view fails on channels_last
+    activations; True or False decides for any model. out_dir: checkpoints and metrics.jsonl."""
+
+    out_dir: str | Path | None = None
+    seed: int = 0
+    amp: str | None = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    device: str | torch.device | None = None
+    quiet: bool = False
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")

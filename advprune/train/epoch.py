@@ -1,0 +1,109 @@
+"""One epoch of the Trainer: the pruner's subset handed to the data (after the scoring pass it asked
+for, if any), then every batch through the adversarial step, with the per-epoch record of metrics."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import torch
+
+from advprune.ids import epoch_generator
+from advprune.train.batches import loader_batch_size, subset_control, unpack_batch
+from advprune.train.scoring import run_scoring_pass
+
+if TYPE_CHECKING:
+    from advprune.train.trainer import Trainer
+
+
+def select_subset(trainer: Trainer, train: Iterable, epoch: int) -> float:
+    """Hands the pruner's ids of `epoch` to the data; returns the seconds of the scoring pass it asked for."""
+    subset, pruner = subset_control(train), trainer.pruner
+    if pruner is None or subset is None:
+        return 0.0
+    seconds = 0.0
+    request = pruner.scoring_request(epoch)
+    if request is not None:
+        start = time.perf_counter()
+        num_samples = subset.num_samples or int(request.ids.max()) + 1
+        scores = run_scoring_pass(
+            trainer.model,
+            train,
+            subset,
+            request,
+            num_samples=num_samples,
+            attack=trainer.attack,
+            autocast=trainer.step.autocast(),
+            epoch=epoch,
+            seed=trainer.run.seed,
+            device=trainer.device,
+        )
+        pruner.set_scores(scores)
+        seconds = time.perf_counter() - start
+    ids = pruner.epoch_indices(epoch, subset.num_samples)
+    if ids is not None:
+        subset.set_indices(ids)
+    return seconds
+
+
+def _progress(train: Iterable, epoch: int, total: int | None, quiet: bool) -> Iterable:
+    if quiet or not sys.stderr.isatty():
+        return train
+    from tqdm import tqdm
+
+    return tqdm(train, total=total, desc=f"epoch {epoch}", leave=False)
+
+
+def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
+    """Trains one epoch; returns its record (samples, loss, adversarial accuracy, seconds by phase).
+    The learning rate follows the step's progress in epochs; data of unknown length use the previous
+    epoch's step count (the first epoch keeps its start rate)."""
+    scoring_pass_seconds = select_subset(trainer, train, epoch)
+    subset = subset_control(train)
+    if subset is not None:
+        subset.set_epoch(epoch)  # the order follows the epoch, also after a resume
+    t = trainer
+    generator = epoch_generator(t.run.seed, epoch, t.device)
+    timing = {"data": 0.0, "attack": 0.0, "update": 0.0, "scoring": 0.0}
+    steps_in_epoch = len(train) if hasattr(train, "__len__") else t.steps_per_epoch
+    observers = [h for h in (t.pruner, *t.trackers) if h is not None]
+    batch_size, lr = loader_batch_size(train), t.schedule.lr_at(epoch)
+    memory_format = t.memory_format or torch.preserve_format
+    samples, loss_sum, correct, steps = 0, 0.0, 0, 0
+    start = tick = time.perf_counter()
+    for steps, batch in enumerate(_progress(train, epoch, steps_in_epoch, t.run.quiet), start=1):
+        x, y, ids = unpack_batch(batch)
+        x = x.to(t.device, memory_format=memory_format, non_blocking=True)
+        y, ids = y.to(t.device, non_blocking=True), ids.to(t.device, non_blocking=True)
+        timing["data"] += time.perf_counter() - tick
+        lr = t.schedule.apply(t.optimizer, epoch, steps - 1, steps_in_epoch)
+        weights = t.pruner.weights(ids) if t.pruner is not None else None
+        per_sample, logits = t.step(
+            x,
+            y,
+            ids,
+            generator=generator,
+            weights=weights,
+            batch_size=batch_size,
+            observers=observers,
+            timing=timing,
+            epoch=epoch,
+        )
+        samples, loss_sum = samples + len(y), loss_sum + float(per_sample.sum())
+        correct += int((logits.argmax(1) == y).sum())
+        tick = time.perf_counter()
+    t.steps_per_epoch = steps or t.steps_per_epoch
+    record = {
+        "epoch": epoch,
+        "seconds": time.perf_counter() - start,
+        "samples": samples,
+        "lr": lr,
+        "train_loss": loss_sum / max(samples, 1),
+        "train_adv_acc": correct / max(samples, 1),
+        **{f"{k}_seconds": v for k, v in timing.items()},
+    }
+    if scoring_pass_seconds:
+        record["scoring_pass_seconds"] = scoring_pass_seconds
+    return record

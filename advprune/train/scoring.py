@@ -1,0 +1,57 @@
+"""The scoring pass a pruner may ask for before an epoch (pruning.ScoringRequest): the training data
+serves exactly the requested ids once, and the model as it is then scores each of them (eval mode,
+nothing trained), on clean inputs or on adversarial examples with the training attack's budget."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from advprune.ids import epoch_generator
+from advprune.pruning.protocol import ScoringRequest
+from advprune.scores import score_pass
+from advprune.train.batches import SubsetControl, unpack_batch
+from advprune.train.config import AttackConfig
+
+
+def _scoring_attack(attack: AttackConfig) -> dict:
+    """score_pass's attack options for the training attack: FGSM-RS for fgsm_rs, PGD with the same eps,
+    steps and step size for pgd and trades (TRADES' KL attack scored by the cross-entropy one)."""
+    if attack.kind == "fgsm_rs":
+        return {"attack": "fgsm", "eps": attack.eps, "step_size": attack.step_size}
+    if attack.kind == "clean":
+        raise ValueError("clean training has no attack to score adversarial examples with: rank by a clean score")
+    return {
+        "attack": "pgd",
+        "eps": attack.eps,
+        "steps": max(attack.steps, 1),
+        "step_size": attack.step_size,
+        "norm": attack.norm,
+    }
+
+
+def run_scoring_pass(
+    model: torch.nn.Module,
+    train: Iterable,
+    subset: SubsetControl,
+    request: ScoringRequest,
+    *,
+    num_samples: int,
+    attack: AttackConfig,
+    autocast,
+    epoch: int,
+    seed: int,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The scores of every requested id ([num_samples] tensors by id; adversarial ones named adv_*)."""
+    subset.set_indices(request.ids)
+    subset.set_epoch(epoch)
+    batches = (unpack_batch(batch) for batch in train)
+    options = _scoring_attack(attack) if request.adversarial else {"attack": "none"}
+    pass_seed = epoch_generator(seed, epoch).initial_seed()  # the epoch's own seed, as its training steps use
+    with autocast:
+        scores = score_pass(model, batches, num_samples, seed=pass_seed, device=device, covering=request.ids, **options)
+    if request.adversarial:
+        scores = {f"adv_{name}": values for name, values in scores.items()}
+    return scores

@@ -1,0 +1,164 @@
+"""The Trainer: the thin loop that orchestrates data, attack, optimiser, schedule, pruner,
+validation, checkpoints and metrics. It is the one place that knows them all; each part lives in
+its own module (step, guard, run_folder, scoring, batches, config)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from advprune.evaluate import evaluate
+from advprune.pruning.protocol import BatchObserver, Pruner, missing_methods
+from advprune.schedules import LRSchedule
+from advprune.train.amp import resolve_amp
+from advprune.train.batches import subset_control
+from advprune.train.config import AttackConfig, OptimConfig, RunConfig, ValidationConfig
+from advprune.train.epoch import run_epoch
+from advprune.train.guard import OverfittingGuard
+from advprune.train.run_folder import RunFolder
+from advprune.train.state import load_trainer_state, trainer_state
+from advprune.train.step import AdversarialStep
+
+
+def _check_hooks(pruner: object | None, trackers: Sequence[object]) -> None:
+    for hook, protocol, name in [(pruner, Pruner, "pruner"), *((t, BatchObserver, "tracker") for t in trackers)]:
+        if hook is not None and not isinstance(hook, protocol):
+            missing = ", ".join(missing_methods(hook, protocol))
+            raise TypeError(
+                f"the {name} {type(hook).__name__} lacks {missing} (see advprune.pruning.{protocol.__name__})"
+            )
+
+
+class Trainer:
+    """Adversarial training of `model` (see AttackConfig, OptimConfig, RunConfig, ValidationConfig).
+
+    With channels_last (RunConfig: by default for advprune's own models) the model is converted in
+    place: the caller's object becomes channels_last too. A user optimiser keeps its parameter groups;
+    the schedule scales each group's own rate. pruner: advprune.pruning.Pruner; trackers: BatchObservers.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        attack: AttackConfig | None = None,
+        *,
+        epochs: int,
+        optim: OptimConfig | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        run: RunConfig | None = None,
+        validation: ValidationConfig | None = None,
+        pruner: Pruner | None = None,
+        trackers: Sequence[BatchObserver] = (),
+    ) -> None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        _check_hooks(pruner, trackers)
+        attack, optim, self.run = attack or AttackConfig(), optim or OptimConfig(), run or RunConfig()
+        self.validation = validation or ValidationConfig()
+        self.device = torch.device(self.run.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        own_model = type(model).__module__.startswith("advprune.models")
+        channels_last = own_model if self.run.channels_last is None else self.run.channels_last
+        self.memory_format = torch.channels_last if channels_last else None
+        self.model = model.to(self.device, memory_format=self.memory_format) if channels_last else model.to(self.device)
+        forward = torch.compile(self.model) if self.run.compile else self.model
+        self.optimizer = optimizer or optim.build(self.model.parameters())
+        base_lr = self.optimizer.param_groups[0]["lr"] if optimizer is not None else optim.lr
+        self.epochs, self.schedule = epochs, LRSchedule(optim.schedule, base_lr, epochs)
+        self.step = AdversarialStep(
+            self.model, forward, attack, self.optimizer, resolve_amp(self.run.amp, self.device), self.device
+        )
+        self.pruner, self.trackers = pruner, list(trackers)
+        self.guard = OverfittingGuard(self.validation.collapse_drop)
+        self.folder = RunFolder(self.run.out_dir, self.run.quiet)
+        self.epoch, self.best_val, self.steps_per_epoch = 0, -1.0, None
+
+    @property
+    def attack(self) -> AttackConfig:
+        """The training attack now (the overfitting guard may have made it safer)."""
+        return self.step.attack
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return self.step.amp_dtype
+
+    def log(self, record: dict) -> None:
+        """Appends a record that is not an epoch (e.g. {"phase": "setup", ...}) to metrics.jsonl."""
+        self.folder.append(record)
+
+    def fit(self, train: Iterable, val: tuple[torch.Tensor, torch.Tensor] | None = None, *, resume: bool = False):
+        """Trains for the remaining epochs. train yields (x, y, ids) batches (an advprune loader, a DataLoader
+        over advprune.data.with_ids(dataset), ...); val is held-out data (x, y), never trained on, for the
+        per-epoch check (best.pt, the overfitting guard). resume=True continues from out_dir/last.pt."""
+        if self.pruner is not None and subset_control(train) is None:
+            raise TypeError(
+                f"the pruner chooses each epoch's samples, but the training data ({type(train).__name__}) cannot "
+                "change its subset: use an advprune loader (make_loader) or a DataLoader with "
+                "sampler=advprune.pruning.PrunedSampler(..., num_samples=N)"
+            )
+        if resume:
+            self._resume()
+        while self.epoch < self.epochs:
+            epoch = self.epoch
+            record = run_epoch(self, train, epoch)
+            if val is not None and self.validation.due(epoch, self.epochs):
+                record.update(self._validate(val))
+                can_restore = self.folder.has_checkpoint()
+                collapse = self.guard.check(epoch, record["val_pgd_acc"], self.attack, can_restore=can_restore)
+                if collapse is not None:
+                    self.folder.append({**record, "event": collapse.event})
+                    self.step.attack = collapse.attack
+                    if collapse.restore:
+                        load_trainer_state(self, self.folder.load(self.folder.last), restoring=True)
+                        continue  # the epoch runs again, safer
+            self.epoch = epoch + 1
+            self._save(record)
+        return self
+
+    def _validate(self, val: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        x, y = val
+        if self.memory_format is not None and x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        a, v = self.attack, self.validation
+        result = evaluate(
+            self.model,
+            x,
+            y,
+            attack="pgd",
+            eps=a.eps,
+            step_size=a.eps / 4,
+            steps=v.steps,
+            norm=a.norm,
+            batch_size=v.batch_size,
+            seed=self.run.seed,
+        )
+        return {"val_clean_acc": result["clean_acc"], "val_pgd_acc": result["robust_acc"], "val_n": result["n"]}
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict:
+        return trainer_state(self)
+
+    def _save(self, record: dict) -> None:
+        self.folder.append(record)
+        robust = record.get("val_pgd_acc")
+        is_best = robust is not None and robust > self.best_val  # early stopping by robust accuracy (Rice)
+        if is_best:
+            self.best_val = robust
+        self.folder.save(self.state_dict(), best=is_best)
+
+    def _resume(self) -> None:
+        if self.folder.last is None:
+            raise ValueError("resume=True needs the out_dir (RunConfig) of the run to continue")
+        state = self.folder.load(self.folder.last)
+        load_trainer_state(self, state, restoring=False)
+        saved_epochs = state["schedule"]["epochs"]
+        if saved_epochs != self.epochs:
+            self.log(
+                {
+                    "event": f"resumed with {self.epochs} epochs (the run was started with {saved_epochs}): the "
+                    f"learning-rate schedule spans {self.epochs} epochs from here on"
+                }
+            )
+        self.folder.forget_metrics_from(self.epoch)
