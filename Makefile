@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup build run test test-cpp test-py bench bench-loaders bench-prune lint clean
+.PHONY: setup build run test test-cpp test-py wheel-check bench bench-loaders bench-prune lint clean
 
 setup:
 	bash scripts/setup.sh
@@ -15,14 +15,18 @@ run: setup
 	$(VENV)/bin/advprune train --dataset fashion-mnist --attack pgd --eps 0.1 --step-size 0.025 --steps 3 \
 		--epochs 5 --limit 20000 --batch-size 128 --out $(RUN_DIR)-$$(date +%Y%m%d-%H%M%S)
 
-# Lint, the C++ unit tests (ctest) and the Python suite, after the set-up and the build.
-test: setup lint test-cpp test-py
+# Lint, the C++ unit tests (ctest), the Python suite, and the wheel installed outside the source tree.
+test: setup lint test-cpp test-py wheel-check
 
 test-cpp:
 	bash scripts/cmake_test.sh
 
 test-py:
 	$(PY) -m pytest tests -q
+
+# Build the wheel, install it into a fresh venv outside the source tree, import everything, train and evaluate.
+wheel-check:
+	bash scripts/wheel_check.sh
 
 bench: setup
 	$(PY) bench/ops.py

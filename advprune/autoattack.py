@@ -21,7 +21,7 @@ STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 TARGET_CLASSES = 9  # the official standard version's APGD-T and FAB-T targets
 
 
-def _stage(name: str, model: nn.Module, *, eps: float, norm: str, num_classes: int, seed: int):
+def stage_attack(name: str, model: nn.Module, *, eps: float, norm: str, num_classes: int, seed: int):
     """The torchattacks attack of one stage, configured as the official standard version."""
     ta = require("torchattacks", extra="eval", purpose="AutoAttack")
     lp = {"linf": "Linf", "l2": "L2"}[norm]
@@ -76,7 +76,7 @@ def robust_flags(
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # torchattacks reseeds the global generators
         for name in stages:
-            attack = _stage(name, model, eps=eps, norm=norm, num_classes=num_classes, seed=seed)
+            attack = stage_attack(name, model, eps=eps, norm=norm, num_classes=num_classes, seed=seed)
             todo = torch.nonzero(robust).squeeze(1)
             for start in range(0, len(todo), batch_size):
                 ids = todo[start : start + batch_size]

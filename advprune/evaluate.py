@@ -18,6 +18,13 @@ from advprune import attacks, autoattack
 ATTACKS = ("clean", "pgd", "autoattack")
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a model with neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def _batches(n: int, batch_size: int):
     for i in range(0, n, batch_size):
         yield slice(i, min(i + batch_size, n))
@@ -52,7 +59,7 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     n = len(y) if n is None else min(n, len(y))
     result = {"n": n, "attack": attack}
     if attack == "autoattack":
@@ -92,7 +99,7 @@ def evaluate(
 
 
 def _autoattack(model, x, y, eps, norm, stages, seed, batch_size, progress) -> dict:
-    device = next(model.parameters()).device
+    device = model_device(model)
     x, y = x.to(device), y.to(device)
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from advprune import Trainer, models
+from advprune import AttackConfig, OptimConfig, RunConfig, Trainer, models
 from advprune.data import from_arrays, make_loader, read_fashion_mnist
 from advprune.pruning import DynamicPruner, select
+from advprune.train.epoch import run_epoch
 
 
 def main() -> None:
@@ -31,20 +32,16 @@ def main() -> None:
     data = read_fashion_mnist()
     data = from_arrays(data.images[: args.limit], data.labels[: args.limit], data.classes)
     n = len(data)
-    loader = make_loader(data, backend="memory", batch_size=128, seed=0)
+    loader = make_loader(data, backend="memory", batch_size=128, seed=0, channels_last=True)
     torch.manual_seed(0)
     epochs = 2 + 3 * args.repeats
     dynamic = DynamicPruner(n, epochs=10 * epochs, ratio=0.5)  # never anneals within the bench
     trainer = Trainer(
         models.create("small-cnn"),
-        attack="pgd",
-        eps=0.1,
-        step_size=0.025,
-        steps=3,
+        AttackConfig("pgd", eps=0.1, step_size=0.025, steps=3),
         epochs=epochs,
-        lr=0.05,
-        lr_schedule="constant",
-        quiet=True,
+        optim=OptimConfig(lr=0.05, schedule="constant"),
+        run=RunConfig(quiet=True),
     )
     random_ids = select(n, 0.2, "random", seed=0)
     seconds: dict[str, list[float]] = {"full": [], "random:0.2": [], "dynamic:0.5": []}
@@ -58,7 +55,7 @@ def main() -> None:
         trainer.pruner, trainer.trackers = (dynamic, []) if ids is None else (None, [dynamic])
         if ids is not None:
             loader.set_indices(ids)
-        record = trainer._run_epoch(loader, epoch)  # one epoch, timed by the trainer as in metrics.jsonl
+        record = run_epoch(trainer, loader, epoch)  # one epoch, timed by the trainer as in metrics.jsonl
         epoch += 1
         if name:
             seconds[name].append(record["seconds"])

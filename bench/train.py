@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from advprune import Trainer, models
+from advprune import AttackConfig, OptimConfig, RunConfig, Trainer, models
 from advprune.data import from_arrays, make_loader, read_fashion_mnist
 from advprune.evaluate import evaluate
 
@@ -104,18 +104,13 @@ def main() -> None:
     ]
     trainer = Trainer(
         ours,
-        attack="pgd",
-        eps=args.eps,
-        step_size=alpha,
-        steps=args.steps,
+        AttackConfig("pgd", eps=args.eps, step_size=alpha, steps=args.steps),
         epochs=args.epochs,
-        lr=0.05,
-        lr_schedule="constant",
-        device="cpu",
-        quiet=True,
+        optim=OptimConfig(lr=0.05, schedule="constant"),
+        run=RunConfig(device="cpu", quiet=True),
     )
     ours_s = []
-    loader = make_loader(train, backend="memory", batch_size=args.batch_size)
+    loader = make_loader(train, backend="memory", batch_size=args.batch_size, channels_last=True)
     for epoch in range(args.epochs):
         trainer.epochs = epoch + 1
         t0 = time.perf_counter()
@@ -125,7 +120,7 @@ def main() -> None:
         models.create("small-cnn"),
         x_all[: args.batch_size],
         y_all[: args.batch_size],
-        trainer.memory_format,
+        trainer.memory_format or torch.contiguous_format,
         trainer.amp_dtype,
     )
     batches = -(-args.n // args.batch_size)

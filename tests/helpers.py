@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
@@ -57,3 +59,9 @@ def logits_and_labels(n, c, dtype, device, *, generator: torch.Generator, scale:
     logits = (scale * torch.randn(n, c, generator=generator, dtype=torch.float64)).to(dtype=dtype, device=device)
     labels = torch.randint(0, c, (n,), generator=generator).to(device)
     return logits, labels
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from the test's parameters that every process computes the same (hash() of a str is salted
+    per process, so a failure seen once could not be reproduced)."""
+    return zlib.crc32(repr(parts).encode())

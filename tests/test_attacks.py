@@ -41,7 +41,7 @@ def test_pgd_at_least_as_strong_as_torchattacks(trained):
     assert acc_ours <= acc_theirs + 0.02, (acc_ours, acc_theirs)
 
 
-def test_restarts_keep_the_strongest_example(trained):
+def test_restarts_keep_a_breaking_example_else_the_strongest(trained):
     model, x, y = trained
     single = attacks.pgd(model, x, y, eps=0.1, step_size=0.025, steps=3, generator=torch.Generator().manual_seed(3))
     multi = attacks.pgd(
@@ -50,7 +50,33 @@ def test_restarts_keep_the_strongest_example(trained):
     with torch.no_grad():
         l_single = F.cross_entropy(model(single), y, reduction="none")
         l_multi = F.cross_entropy(model(multi), y, reduction="none")
-    assert (l_multi >= l_single - 1e-5).all()  # the first restart is the single run
+        broken_single, broken_multi = model(single).argmax(1) != y, model(multi).argmax(1) != y
+    assert (broken_multi | ~broken_single).all()  # the first restart is the single run: what it broke stays broken
+    assert (broken_multi | (l_multi >= l_single - 1e-5)).all()  # an unbroken sample keeps its highest loss
+    assert broken_multi.sum() >= broken_single.sum()
+
+
+class TwoRegions(torch.nn.Module):
+    """Logits by the sign of the single pixel's offset from 0.5: below, class 1 wins at a low loss for class 0
+    (misclassified, CE 0.60); above, class 0 wins narrowly at a higher loss (correct, CE 1.08)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = torch.tensor([0.45, 0.55, 1e-9]).log()
+        high = torch.tensor([0.34, 0.33, 0.33]).log()
+        below = (x.flatten(1)[:, :1] < 0.5).float()
+        return below * low + (1 - below) * high
+
+
+def test_a_sample_is_robust_only_if_every_restart_leaves_it_correct():
+    """The old rule kept each sample's highest-loss restart and counted robustness on it alone: here a restart
+    that misclassifies has the lower loss, so that rule called almost every sample robust."""
+    from advprune.evaluate import evaluate
+
+    x, y = torch.full((400, 1, 1, 1), 0.5), torch.zeros(400, dtype=torch.int64)
+    result = evaluate(TwoRegions(), x, y, attack="pgd", eps=0.1, steps=0, restarts=6, seed=0)
+    # each restart's random start falls below 0.5 with probability 1/2: robust only if all 6 fall above
+    assert result["robust_acc"] < 0.05, result
+    assert result["clean_acc"] == 1.0
 
 
 def test_fgsm_rs_and_trades(trained):
@@ -94,3 +120,67 @@ def test_mode_is_restored_and_bad_options_refused(trained):
         attacks.pgd(model, x, y, eps=0.1, step_size=0.05, steps=1, loss="hinge")
     with pytest.raises(ValueError, match='mode must be "eval", "train" or "keep"'):
         attacks.pgd(model, x, y, eps=0.1, step_size=0.05, steps=1, mode="frozen")
+
+
+class Confident(torch.nn.Module):
+    """Logits near (20, 0, 0): class 0 at a loss near e^-20, so its input gradients (about 1e-9) underflow in a
+    float16 backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(16, 3)
+        with torch.no_grad():
+            self.linear.weight.mul_(2.0)
+            self.linear.bias.copy_(torch.tensor([20.0, 0.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+def test_float16_autocast_attacks_scale_the_loss_so_that_steps_are_taken():
+    """Unscaled, the float16 backward of this model gives zero gradients: sign 0, no step."""
+    model = Confident()
+    x = torch.rand(32, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 0.6 + 0.2
+    y = torch.zeros(32, dtype=torch.int64)
+    with torch.autocast("cpu", dtype=torch.float16):
+        _, grad = attacks.input_gradient(model, x, y)
+        x_adv = attacks.pgd(model, x, y, eps=0.1, step_size=0.1, steps=1, random_start=False)
+        unscaled = x.clone().requires_grad_(True)
+        loss = F.cross_entropy(model(unscaled).float(), y, reduction="none").sum()
+        (raw,) = torch.autograd.grad(loss, unscaled)
+    assert (raw == 0).float().mean() > 0.9  # the defect: float16 underflow
+    assert (grad != 0).float().mean() > 0.99 and grad.dtype == torch.float32
+    assert ((x_adv - x).abs() > 0.09).float().mean() > 0.99  # a full step on (almost) every pixel
+    with torch.no_grad():  # the scaled gradient matches the float32 one in sign
+        _, exact = attacks.input_gradient(model, x, y)
+    assert (torch.sign(grad) == torch.sign(exact)).float().mean() > 0.95
+
+
+@pytest.mark.parametrize(
+    "images,labels,error,message",
+    [
+        (
+            torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8),
+            torch.zeros(4, dtype=torch.int64),
+            TypeError,
+            "images must be a floating-point tensor in \\[0, 1\\], got torch.uint8: convert uint8 images",
+        ),
+        (
+            torch.rand(4, 1, 28, 28),
+            torch.zeros(4, dtype=torch.int32),
+            TypeError,
+            "labels must be an int64 tensor of class indices, got torch.int32: use y.long\\(\\)",
+        ),
+        (torch.rand(4, 1, 28, 28), torch.zeros(3, dtype=torch.int64), ValueError, "labels must have shape \\[4\\]"),
+    ],
+)
+def test_attacks_refuse_batches_they_cannot_attack(trained, images, labels, error, message):
+    model, _, _ = trained
+    for attack in (attacks.pgd, attacks.fgsm_rs):
+        kw = dict(eps=0.1, step_size=0.025, steps=1) if attack is attacks.pgd else dict(eps=0.1)
+        with pytest.raises(error, match=message):
+            attack(model, images, labels, **kw)
+    if error is TypeError and images.dtype == torch.uint8:
+        with pytest.raises(TypeError, match="images must be a floating-point tensor"):
+            attacks.trades_perturb(model, images, eps=0.1, step_size=0.025, steps=1)

@@ -131,3 +131,106 @@ def test_config_file_with_flags_overriding(tmp_path):
     config.write_text("epochz = 3\n")
     with pytest.raises(Exception, match="unknown options epochz"):
         parse(["train", "--config", str(config), "--out", "r"])
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_train_validates_on_held_out_training_samples_and_tests_on_the_test_set(tmp_path, capsys):
+    """Validation came from the first --val-n test images: the test set chose best.pt and drove the guard."""
+    import json
+
+    import torch
+
+    from advprune.checkpoint import load_checkpoint
+    from advprune.pruning import load_indices
+
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--limit",
+        "256",
+        "--val-n",
+        "64",
+        "--epochs",
+        "1",
+        "--steps",
+        "1",
+        "--eval-n",
+        "32",
+        "--batch-size",
+        "64",
+        "--attack",
+        "fgsm_rs",
+        "--eps",
+        "0.1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    setup, epoch = (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+    assert setup["val"]["split"].startswith("train (held out") and setup["val"]["n"] == 64
+    assert setup["train_samples"] == 192 and setup["test"] == {"split": "test", "n": 32, "ids": "the first 32"}
+    assert epoch["samples"] == 192 and epoch["val_n"] == 64
+    held_out = load_indices(out / "val_ids.npy", 256)
+    assert len(held_out) == 64 and torch.bincount(torch.from_numpy(read_fashion_mnist_labels(256))[held_out]).min() > 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["split"] == "test" and result["n"] == 32 and result["test_ids"] == "the first 32 of the test set"
+    attack = load_checkpoint(out / "last.pt")["attack"]
+    assert attack["kind"] == "fgsm_rs" and attack["step_size"] == pytest.approx(0.125)  # Wong et al.: 1.25 eps
+    capsys.readouterr()
+    report = tmp_path / "eval.json"
+    argv = [
+        "eval",
+        "--checkpoint",
+        str(out / "last.pt"),
+        "--n",
+        "16",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--norm",
+        "l2",
+        "--eps",
+        "0.5",
+        "--steps",
+        "2",
+        "--out",
+        str(report),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    evaluated = json.loads(report.read_text())
+    assert evaluated["norm"] == "l2" and evaluated["n"] == 16 and evaluated["split"] == "test"
+
+
+def read_fashion_mnist_labels(n: int):
+    from advprune.data import read_fashion_mnist
+
+    return read_fashion_mnist().labels[:n]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eval", "--checkpoint", "CKPT", "--device", "cuda:7"], "--device cuda:7: this machine has"),
+        (["eval", "--checkpoint", "CKPT", "--device", "tpu9"], "--device 'tpu9' is not a device"),
+        (
+            ["eval", "--checkpoint", "CKPT", "--attack", "autoattack", "--stages", "apgd-dlr"],
+            "--stages: unknown apgd-dlr",
+        ),
+        (["train", "--out", "r", "--attack", "fgsm_rs", "--norm", "l2"], "fgsm_rs is an linf attack"),
+    ],
+)
+def test_device_stages_and_norm_refusals(tmp_path, monkeypatch, capsys, argv, message):
+    from advprune import models
+    from advprune.checkpoint import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    meta = {"model": "small-cnn", "num_classes": 10, "eps": 0.1, "dataset": "fashion-mnist"}
+    save_checkpoint(tmp_path / "CKPT", {"model": models.create("small-cnn").state_dict(), "meta": meta})
+    if argv[0] == "train" and not Path(FASHION_MNIST_DIR).is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -148,3 +148,50 @@ def test_tensors_on_different_devices_are_refused():
     x = torch.rand(2, 3)
     with pytest.raises(ValueError, match="x_nat is on cuda"):
         ops.pgd_step_(x, x.clone(), x.cuda(), eps=0.1, step_size=0.1)
+
+
+# The same bad input, through torch.ops.advprune.* directly: the C++ checks, which the Python wrappers
+# above pre-empt, must say the same (a caller of the raw op, or torch.compile's graph, meets these).
+RAW_PGD_CASES = [  # (index into bad_pgd_calls, the C++ message when it differs from the Python one)
+    (0, None),
+    (1, None),
+    (2, None),
+    (3, None),
+    (4, None),
+    (5, None),
+    (6, None),
+    (7, None),
+    (8, None),
+    (9, "clip_min must be <= clip_max, got clip_min=1 and clip_max=0"),
+    (10, 'norm must be "linf" or "l2", got "l1"'),
+]
+
+
+@pytest.mark.parametrize("case,cpp_message", RAW_PGD_CASES)
+def test_the_compiled_op_gives_the_same_messages(batch, case, cpp_message):
+    x_adv = batch[0]
+    message, error, args, kwargs = bad_pgd_calls(*batch)[case]
+    before = x_adv.clone()
+    with pytest.raises(error) as info:
+        torch.ops.advprune.pgd_step_(*args, **kwargs)
+    assert (cpp_message or message) in str(info.value) and "advprune.pgd_step_" in str(info.value)
+    assert torch.equal(x_adv, before)
+
+
+def test_the_compiled_scores_and_kl_ops_check_their_arguments(device):
+    logits = torch.randn(4, 5, device=device)
+    with pytest.raises(
+        ValueError, match=r"advprune.sample_scores: labels must lie in \[0, 5\), got values from 0 to 5"
+    ):
+        torch.ops.advprune.sample_scores(logits, torch.tensor([0, 1, 2, 5], device=device))
+    with pytest.raises(TypeError, match=r"advprune.sample_scores: labels must be int64, got torch\.int32"):
+        torch.ops.advprune.sample_scores(logits, torch.tensor([0, 1, 2, 3], dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match=r"logits must be 2-D \[N, C\], got shape \[4\]"):
+        torch.ops.advprune.sample_scores(logits[:, 0], torch.tensor([0, 1, 2, 3], device=device))
+    with pytest.raises(ValueError, match=r"logits_q has shape \[4, 3\] but logits_p has shape \[4, 5\]"):
+        torch.ops.advprune.kl_rows(logits, logits[:, :3])
+    with pytest.raises(TypeError, match=r"logits_q has dtype torch\.float64 but logits_p has dtype torch\.float32"):
+        torch.ops.advprune.kl_rows(logits, logits.double())
+    with pytest.raises(TypeError, match=r"x_adv must be float32, float64, float16 or bfloat16, got torch\.int64"):
+        x = torch.zeros(2, 3, dtype=torch.int64, device=device)
+        torch.ops.advprune.project_(x, x.clone(), eps=0.1)

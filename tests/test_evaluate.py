@@ -1,11 +1,13 @@
-"""Evaluation: clean, PGD-K with restarts, AutoAttack through torchattacks."""
+"""Evaluation: clean, PGD-K with restarts, and AutoAttack with the official settings, stage by stage."""
 
 from __future__ import annotations
 
 import copy
 
 import pytest
+import torch
 
+from advprune import autoattack
 from advprune.evaluate import evaluate, format_result
 
 
@@ -20,15 +22,69 @@ def test_clean_and_pgd_accuracy(trained):
     assert "PGD-5" in text and '"robust_acc"' in text
 
 
-def test_autoattack_is_at_least_as_strong_as_pgd(trained):
+def test_more_restarts_never_raise_robust_accuracy(trained):
+    model, x, y = trained
+    accs = [evaluate(model, x, y, attack="pgd", eps=0.06, steps=2, restarts=r, seed=3)["robust_acc"] for r in (1, 4)]
+    assert accs[1] <= accs[0]
+
+
+def test_autoattack_stages_have_the_official_settings(trained):
+    pytest.importorskip("torchattacks")
+    model, _, _ = trained
+    apgd, apgdt, fabt, square = (
+        autoattack.stage_attack(name, model, eps=0.1, norm="linf", num_classes=10, seed=0) for name in autoattack.STAGES
+    )
+    assert apgd.steps == 100 and apgd.n_restarts == 1 and apgd.loss == "ce" and apgd.thr_decr == 0.75
+    assert apgdt.steps == 100 and apgdt.n_restarts == 1 and apgdt.n_target_classes == 9
+    assert fabt.steps == 100 and fabt.n_restarts == 1 and fabt.multi_targeted and fabt.n_target_classes == 9
+    assert square.n_queries == 5000 and square.p_init == 0.8 and square.n_restarts == 1
+    assert square.rescale_schedule is False  # torchattacks' default rescales the schedule; the official does not
+    hundred = autoattack.stage_attack("apgd-t", model, eps=0.1, norm="l2", num_classes=100, seed=0)
+    assert hundred.n_target_classes == 9 and hundred.norm == "L2"  # 9 targets, as the official, not 99
+    few = autoattack.stage_attack("fab-t", model, eps=0.1, norm="linf", num_classes=3, seed=0)
+    assert few.n_target_classes == 2
+
+
+def test_autoattack_runs_each_stage_on_the_samples_still_robust(trained, monkeypatch):
     pytest.importorskip("torchattacks")
     model, x, y = trained
     model = copy.deepcopy(model)
+    seen: dict[str, int] = {}
+    real = autoattack.stage_attack
+
+    def counting(name, *args, **kwargs):
+        attack = real(name, *args, **kwargs)
+
+        def run(images, labels):
+            seen[name] = seen.get(name, 0) + len(labels)
+            return attack(images, labels)
+
+        return run
+
+    monkeypatch.setattr(autoattack, "stage_attack", counting)
+    state = torch.get_rng_state()
     # a large eps breaks this (non-robust) model in APGD-CE already, which keeps the run short
-    pgd = evaluate(model, x, y, attack="pgd", eps=0.25, steps=10, n=16)
-    aa = evaluate(model, x, y, attack="autoattack", eps=0.25, n=16)
-    assert aa["n"] == 16 and aa["robust_acc"] <= pgd["robust_acc"] + 1e-9
+    pgd = evaluate(model, x, y, attack="pgd", eps=0.25, steps=10, n=24)
+    result = evaluate(model, x, y, attack="autoattack", eps=0.25, n=24, batch_size=8)
+    stages = result["stages"]
+    assert list(stages) == list(autoattack.STAGES) and result["version"] == "standard"
+    assert result["clean_acc"] >= stages["apgd-ce"] >= stages["apgd-t"] >= stages["fab-t"] >= stages["square"]
+    assert result["robust_acc"] == stages["square"] <= pgd["robust_acc"] + 1e-9
+    assert seen["apgd-ce"] == round(24 * result["clean_acc"])  # only the correctly classified are attacked
+    assert seen.get("apgd-t", 0) == round(24 * stages["apgd-ce"])
     assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), state)  # torchattacks' reseeding does not leak out
+    text = format_result(result)
+    assert "apgd-ce" in text and "AutoAttack" in text
+
+
+def test_autoattack_subset_of_stages_and_bad_names(trained):
+    pytest.importorskip("torchattacks")
+    model, x, y = trained
+    result = evaluate(model, x, y, attack="autoattack", eps=0.25, n=8, stages=("apgd-ce",))
+    assert list(result["stages"]) == ["apgd-ce"] and result["version"] == "custom: apgd-ce"
+    with pytest.raises(ValueError, match="unknown AutoAttack stages"):
+        evaluate(model, x, y, attack="autoattack", eps=0.25, n=8, stages=("apgd-dlr",))
 
 
 def test_unknown_attack(trained):

@@ -36,8 +36,12 @@ def load_config(path: str) -> dict:
         raise UsageError(f"no config file at {file}")
     text = file.read_text()
     if file.suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            from advprune._deps import require
 
+            tomllib = require("tomli", extra="toml", purpose="reading a TOML config on Python 3.10")
         config = tomllib.loads(text)
     elif file.suffix in (".yaml", ".yml"):
         try:
