@@ -1,36 +1,52 @@
-"""Checkpoints written atomically (temporary file, fsync, rename) and read with
-torch.load(weights_only=True): a crash never leaves a half-written checkpoint,
-and loading one never runs code."""
+"""Checkpoints written atomically (serialised in memory, then temporary file, fsync, rename) and read
+with torch.load(weights_only=True): a crash never leaves a half-written checkpoint, a full disk is
+reported before anything is written, and loading one never runs code."""
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from advprune._files import write_atomic
+from advprune._files import write_bytes_atomic
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable advprune checkpoint (damaged, truncated, foreign)."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """torch.save(state) to path through a temporary file in the same folder and a rename."""
+    """torch.save(state) to path: serialised in memory first (so its size is known: DiskFull, naming the
+    file and the space it needs, when it cannot fit), then a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, lambda tmp: torch.save(state, tmp), durable=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_bytes_atomic(path, buffer.getbuffer(), durable=True)
+
+
+def _first_line(exc: Exception, limit: int = 160) -> str:
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line[:limit]}{'...' if len(line) > limit else ''}"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint written by save_checkpoint; ValueError naming the file when it is not one."""
+    """A checkpoint written by save_checkpoint; CheckpointError (a ValueError) naming the file when it is
+    not one, with the first line of what torch said."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises assorted errors on a foreign or damaged file
-        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint, damaged or truncated ({_first_line(exc)})"
+        ) from exc
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} is not an advprune checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{path} is not an advprune checkpoint (no 'model' entry)")
     return state
 
 

@@ -42,7 +42,7 @@ def evaluate(
     restarts: int = 1,
     norm: str = "linf",
     n: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = 250,
     seed: int = 0,
     stages: Sequence[str] = autoattack.STAGES,
     progress: bool = False,

@@ -39,11 +39,22 @@ def correct(model, x_adv, y, batch_size=500) -> torch.Tensor:
     )
 
 
+def torchattacks_standard(model, x, y, eps: float, norm: str, num_classes: int) -> dict:
+    import torchattacks
+
+    attack = torchattacks.AutoAttack(
+        model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version="standard", n_classes=num_classes, seed=0
+    )
+    x_adv, seconds = timed(lambda: torch.cat([attack(x[i : i + 250], y[i : i + 250]) for i in range(0, len(y), 250)]))
+    return {"robust": correct(model, x_adv, y), "seconds": seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--official", default=None, help="a folder holding the official `autoattack` package")
+    parser.add_argument("--no-torchattacks", action="store_true", help="leave out torchattacks' standard version")
     parser.add_argument("--out", default="bench/results/autoattack_agreement.json")
     args = parser.parse_args()
 
@@ -72,18 +83,8 @@ def main() -> None:
         )
         x_adv, seconds = timed(lambda: official.run_standard_evaluation(x, y, bs=250))
         rows["official"] = {"robust": correct(model, x_adv, y), "seconds": seconds}
-    import torchattacks
-
-    theirs = torchattacks.AutoAttack(
-        model,
-        norm={"linf": "Linf", "l2": "L2"}[norm],
-        eps=eps,
-        version="standard",
-        n_classes=meta["num_classes"],
-        seed=0,
-    )
-    x_adv, seconds = timed(lambda: torch.cat([theirs(x[i : i + 250], y[i : i + 250]) for i in range(0, args.n, 250)]))
-    rows["torchattacks standard"] = {"robust": correct(model, x_adv, y), "seconds": seconds}
+    if not args.no_torchattacks:
+        rows["torchattacks standard"] = torchattacks_standard(model, x, y, eps, norm, meta["num_classes"])
 
     reference = rows.get("official", rows["advprune"])["robust"]
     summary = {"checkpoint": args.checkpoint, "n": args.n, "eps": eps, "norm": norm, "rows": {}}
@@ -102,6 +103,7 @@ def main() -> None:
     print("advprune per stage:", json.dumps(rows["advprune"]["stages"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1))
+    torch.save({name: row["robust"] for name, row in rows.items()}, Path(args.out).with_suffix(".flags.pt"))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,33 @@
-"""The `advprune` command: prepare, train, score, eval. Bad input prints one line saying what was
-wrong and how to fix it, and exits 2, without a traceback."""
+"""The `advprune` command: prepare, train, score, eval. A mistake of the caller prints one line saying
+what was wrong and how to fix it, and exits 2; a fault of the run (a full disk, a busy run folder, a
+diverged loss, a failed writer) prints one line saying what happened and what to do, and exits 1.
+Warnings (a repaired or dropped file) are one line each."""
 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 
 from advprune._deps import MissingDependency
+from advprune._files import DiskFull
+from advprune._process_group import GroupFailed
+from advprune._warn import one_line_format
 from advprune.cli.common import UsageError
 from advprune.cli.parser import build_parser, parse
 
-ONE_LINE_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError, MissingDependency)
+MISTAKES = (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError, MissingDependency)
+
+
+def _faults() -> tuple[type[BaseException], ...]:
+    from advprune.train import TrainingDiverged
+    from advprune.train.folder_lock import RunFolderBusy
+
+    return (DiskFull, RunFolderBusy, TrainingDiverged, GroupFailed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.formatwarning = one_line_format
     try:
         args = parse(argv)
     except SystemExit as exc:  # argparse: --help (0) or its one-line error (2)
@@ -23,7 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         args.run(args)
-    except ONE_LINE_ERRORS as exc:
+    except _faults() as exc:
+        print(f"advprune {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except MISTAKES as exc:
         print(f"advprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

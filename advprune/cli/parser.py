@@ -75,7 +75,13 @@ def _train_parser(commands) -> None:
     t.add_argument("--eval-n", type=int, default=1000, help="test samples of the final evaluation (the first N)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--out", required=False, default=None, help="the run folder (checkpoints, metrics.jsonl)")
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    t.add_argument(
+        "--resume-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the run in --out from this checkpoint instead (e.g. its best.pt)",
+    )
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(run=train)
 
@@ -119,7 +125,7 @@ def _eval_parser(commands) -> None:
     e.add_argument("--restarts", type=int, default=1, help="PGD restarts (robust only if every restart fails)")
     e.add_argument("--stages", default=None, help="AutoAttack stages, e.g. apgd-ce,apgd-t (default: all four)")
     e.add_argument("--n", type=int, default=1000, help="the first N test samples")
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=int, default=250, help="250 as the official AutoAttack run")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     e.add_argument("--out", default=None, help="also write the result as JSON to this file")
     e.add_argument("--quiet", action="store_true")

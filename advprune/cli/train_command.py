@@ -90,14 +90,23 @@ def _setup_record(factory: RunFactory, args: argparse.Namespace, test_size: int)
 
 
 def train(args: argparse.Namespace) -> None:
-    """PGD (or FGSM-RS, TRADES, clean) training, optionally on pruned data, then clean and PGD-20 accuracy."""
+    """PGD (or FGSM-RS, TRADES, clean) training, optionally on pruned data, then clean and PGD-20 accuracy.
+    The run folder is this process's alone from the first file written to the last (RunFolderBusy)."""
+    from advprune.train.folder_lock import locked
+
+    out = Path(args.out)
+    args.resume = args.resume or args.resume_from is not None
+    if (out / "last.pt").exists() and not args.resume:
+        raise UsageError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
+    with locked(out):
+        _train(args, out)
+
+
+def _train(args: argparse.Namespace, out: Path) -> None:
     from advprune.evaluate import evaluate, format_result
     from advprune.pruning import save_indices
     from advprune.scores import ForgettingTracker, save_scores
 
-    out = Path(args.out)
-    if (out / "last.pt").exists() and not args.resume:
-        raise UsageError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
     started = time.perf_counter()
     data, test = training_data(args)
     factory = RunFactory(args, data)
@@ -112,12 +121,18 @@ def train(args: argparse.Namespace) -> None:
         pruner=pruner,
         trackers=[forgetting],
     )
+    trainer.folder.open(resume=args.resume)  # cleans up after a killed run; a fresh run sets an old log aside
     if not args.resume:
         trainer.log(_setup_record(factory, args, len(test)))
         save_indices(out / "val_ids.npy", factory.val_ids)
         if record is not None:
             trainer.log(record)
-    trainer.fit(factory.loader(out, indices=indices, seed=args.seed), factory.val(), resume=args.resume)
+    trainer.fit(
+        factory.loader(out, indices=indices, seed=args.seed),
+        factory.val(),
+        resume=args.resume,
+        resume_from=args.resume_from,
+    )
     save_scores(
         out / "train_scores.npz",
         {"forgetting": forgetting.scores()},

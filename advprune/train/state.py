@@ -5,6 +5,7 @@ when the model is on a GPU)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from advprune.checkpoint import rng_state, set_rng_state
@@ -27,6 +28,7 @@ def trainer_state(t: Trainer) -> dict:
         "trackers": [tracker.state_dict() for tracker in t.trackers],
         "epoch": t.epoch,
         "best_val": t.best_val,
+        "best_epoch": t.best_epoch,
         "guard": t.guard.state_dict(),
         "attack": dataclasses.asdict(t.attack),
         "meta": t.run.meta,
@@ -45,7 +47,28 @@ def load_trainer_state(t: Trainer, state: dict, *, restoring: bool) -> None:
     for tracker, saved in zip(t.trackers, state.get("trackers") or [], strict=False):
         if saved is not None:
             tracker.load_state_dict(saved)
-    t.epoch, t.best_val = state["epoch"], state["best_val"]
+    t.epoch, t.best_val, t.best_epoch = state["epoch"], state["best_val"], state.get("best_epoch")
     if not restoring:
         t.guard.load_state_dict(state["guard"])
         t.step.attack = AttackConfig(**state["attack"])
+
+
+def resume_trainer(t: Trainer, path: str | Path | None = None) -> None:
+    """Continues a run from its last.pt (or the checkpoint `path`): its state, best.pt checked against what
+    last.pt records (and rebuilt where it can be), the metrics past the checkpoint dropped. A resume with
+    another number of epochs is logged: the learning-rate schedule spans the new number from here on."""
+    if t.folder.last is None:
+        raise ValueError("resume=True needs the out_dir (RunConfig) of the run to continue")
+    state = t.folder.load(path)
+    load_trainer_state(t, state, restoring=False)
+    if not t.folder.check_best(state):
+        t.best_val, t.best_epoch = -1.0, None
+    t.folder.forget_metrics_from(t.epoch)  # first: a torn last line must not swallow the next record
+    saved_epochs = state["schedule"]["epochs"]
+    if saved_epochs != t.epochs:
+        t.log(
+            {
+                "event": f"resumed with {t.epochs} epochs (the run was started with {saved_epochs}): the "
+                f"learning-rate schedule spans {t.epochs} epochs from here on"
+            }
+        )

@@ -5,6 +5,7 @@ its own module (step, guard, run_folder, scoring, batches, config)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from advprune.train.config import AttackConfig, OptimConfig, RunConfig, Validati
 from advprune.train.epoch import run_epoch
 from advprune.train.guard import OverfittingGuard
 from advprune.train.run_folder import RunFolder
-from advprune.train.state import load_trainer_state, trainer_state
+from advprune.train.state import load_trainer_state, resume_trainer, trainer_state
 from advprune.train.step import AdversarialStep
 
 
@@ -72,7 +73,7 @@ class Trainer:
         self.pruner, self.trackers = pruner, list(trackers)
         self.guard = OverfittingGuard(self.validation.collapse_drop)
         self.folder = RunFolder(self.run.out_dir, self.run.quiet)
-        self.epoch, self.best_val, self.steps_per_epoch = 0, -1.0, None
+        self.epoch, self.best_val, self.best_epoch, self.steps_per_epoch = 0, -1.0, None, None
 
     @property
     def attack(self) -> AttackConfig:
@@ -87,18 +88,35 @@ class Trainer:
         """Appends a record that is not an epoch (e.g. {"phase": "setup", ...}) to metrics.jsonl."""
         self.folder.append(record)
 
-    def fit(self, train: Iterable, val: tuple[torch.Tensor, torch.Tensor] | None = None, *, resume: bool = False):
+    def fit(
+        self,
+        train: Iterable,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        resume: bool = False,
+        resume_from: str | Path | None = None,
+    ):
         """Trains for the remaining epochs. train yields (x, y, ids) batches (an advprune loader, a DataLoader
         over advprune.data.with_ids(dataset), ...); val is held-out data (x, y), never trained on, for the
-        per-epoch check (best.pt, the overfitting guard). resume=True continues from out_dir/last.pt."""
+        per-epoch check (best.pt, the overfitting guard). resume=True continues from out_dir/last.pt (or from
+        the checkpoint resume_from). The run folder is this process's alone while it trains (RunFolderBusy)."""
         if self.pruner is not None and subset_control(train) is None:
             raise TypeError(
                 f"the pruner chooses each epoch's samples, but the training data ({type(train).__name__}) cannot "
                 "change its subset: use an advprune loader (make_loader) or a DataLoader with "
                 "sampler=advprune.pruning.PrunedSampler(..., num_samples=N)"
             )
-        if resume:
-            self._resume()
+        resume = resume or resume_from is not None
+        self.folder.open(resume=resume)
+        try:
+            if resume:
+                resume_trainer(self, resume_from)
+            self._train(train, val)
+        finally:
+            self.folder.close()
+        return self
+
+    def _train(self, train: Iterable, val: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         while self.epoch < self.epochs:
             epoch = self.epoch
             record = run_epoch(self, train, epoch)
@@ -114,7 +132,6 @@ class Trainer:
                         continue  # the epoch runs again, safer
             self.epoch = epoch + 1
             self._save(record)
-        return self
 
     def _validate(self, val: tuple[torch.Tensor, torch.Tensor]) -> dict:
         x, y = val
@@ -145,20 +162,5 @@ class Trainer:
         robust = record.get("val_pgd_acc")
         is_best = robust is not None and robust > self.best_val  # early stopping by robust accuracy (Rice)
         if is_best:
-            self.best_val = robust
+            self.best_val, self.best_epoch = robust, self.epoch
         self.folder.save(self.state_dict(), best=is_best)
-
-    def _resume(self) -> None:
-        if self.folder.last is None:
-            raise ValueError("resume=True needs the out_dir (RunConfig) of the run to continue")
-        state = self.folder.load(self.folder.last)
-        load_trainer_state(self, state, restoring=False)
-        saved_epochs = state["schedule"]["epochs"]
-        if saved_epochs != self.epochs:
-            self.log(
-                {
-                    "event": f"resumed with {self.epochs} epochs (the run was started with {saved_epochs}): the "
-                    f"learning-rate schedule spans {self.epochs} epochs from here on"
-                }
-            )
-        self.folder.forget_metrics_from(self.epoch)
