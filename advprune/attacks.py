@@ -18,8 +18,10 @@ from torch import nn
 
 from advprune import ops
 from advprune._checks import check_images_and_labels
+from advprune.ids import KeyedNoise
 
 LOSSES = ("ce", "margin")
+Randomness = torch.Generator | KeyedNoise | None  # where random starts come from (KeyedNoise: by sample id)
 
 
 @contextmanager
@@ -73,14 +75,31 @@ def gradient_of(total: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         scale = max(scale / 2**8, 1.0)
 
 
-def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A uniform point of the eps-ball around x (linf), or a random direction and radius (l2), clipped to [0, 1]."""
+def _uniform(shape, source: Randomness, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(source, KeyedNoise):
+        return source.rand(tuple(shape), device=like.device, dtype=like.dtype)
+    return torch.rand(shape, generator=source, device=like.device, dtype=like.dtype)
+
+
+def _normal(shape, source: Randomness, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(source, KeyedNoise):
+        return source.randn(tuple(shape), device=like.device, dtype=like.dtype)
+    return torch.randn(shape, generator=source, device=like.device, dtype=like.dtype)
+
+
+def _rows(source: Randomness, index: torch.Tensor) -> Randomness:
+    return source.rows(index) if isinstance(source, KeyedNoise) else source
+
+
+def random_init(x: torch.Tensor, eps: float, norm: str, generator: Randomness = None) -> torch.Tensor:
+    """A uniform point of the eps-ball around x (linf), or a random direction and radius (l2), clipped to [0, 1].
+    generator: a torch.Generator, or KeyedNoise for noise that depends on each sample's id alone."""
     if norm == "linf":
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2 * eps).sub_(eps)
+        noise = _uniform(x.shape, generator, x).mul_(2 * eps).sub_(eps)
     else:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = _normal(x.shape, generator, x)
         flat = noise.flatten(1).norm(dim=1).clamp_min(1e-12)
-        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) * eps
+        radius = _uniform((x.shape[0], 1), generator, x)[:, 0] * eps
         noise.mul_((radius / flat).view(-1, *([1] * (x.dim() - 1))))
     x_adv = (x + noise).contiguous(memory_format=_memory_format(x))
     return ops.project_(x_adv, x, eps=eps, norm=norm)
@@ -105,7 +124,7 @@ def pgd(
     restarts: int = 1,
     loss: str = "ce",
     mode: str = "eval",
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
 ) -> torch.Tensor:
     """PGD-`steps` (Madry et al. 2018) from x; returns x_adv (detached).
 
@@ -134,7 +153,7 @@ def pgd(
             todo = torch.nonzero(~broken).squeeze(1)
             if len(todo) == 0:
                 break
-            x_try = _pgd_run(model, x[todo], y[todo], generator=generator, **attack)
+            x_try = _pgd_run(model, x[todo], y[todo], generator=_rows(generator, todo), **attack)
             with torch.no_grad():
                 logits = model(x_try)
             try_loss, try_broken = _per_sample_loss(logits, y[todo], loss), logits.argmax(1) != y[todo]
@@ -166,7 +185,7 @@ def fgsm_rs(
     eps: float,
     step_size: float | None = None,
     mode: str = "keep",
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
 ) -> torch.Tensor:
     """FGSM with a uniform random start in the linf ball and one signed step of
     step_size (default 1.25 * eps), projected back (Wong, Rice and Kolter 2020)."""
@@ -187,7 +206,7 @@ def trades_perturb(
     step_size: float,
     steps: int,
     mode: str = "eval",
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
 ) -> torch.Tensor:
     """The TRADES inner maximisation: PGD on KL(softmax(f(x)) || softmax(f(x_adv))),
     started at x + 0.001 * N(0, 1), with the clean prediction fixed."""
@@ -196,7 +215,7 @@ def trades_perturb(
     with model_mode(model, mode):
         with torch.no_grad():
             clean = model(x).float()
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = _normal(x.shape, generator, x)
         x_adv = ops.project_((x + 0.001 * noise).contiguous(memory_format=_memory_format(x)), x, eps=eps)
         for _ in range(steps):
             x_adv.requires_grad_(True)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from advprune import attacks, autoattack
+from advprune.distributed import World
 
 ATTACKS = ("clean", "pgd", "autoattack")
 
@@ -46,28 +47,48 @@ def evaluate(
     seed: int = 0,
     stages: Sequence[str] = autoattack.STAGES,
     progress: bool = False,
+    world: World | None = None,
 ) -> dict:
     """Clean and robust accuracy (fractions in [0, 1]) of `model` on the first n samples of (x, y),
     computed on the model's device (x and y are moved there batch by batch).
 
     attack: "clean", "pgd" (PGD-steps, step size eps/4 by default, with restarts) or "autoattack"
     (the official standard version; `stages` picks a subset, with per-stage robust accuracy in
-    the result). The model is put in eval mode.
+    the result). The model is put in eval mode. world: under torch.distributed each rank evaluates
+    its share (every world.size-th sample) and the counts are summed.
     """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    world = world or World()
     model.eval()
-    device = model_device(model)
     n = len(y) if n is None else min(n, len(y))
+    x, y = x[:n][world.rank :: world.size], y[:n][world.rank :: world.size]
     result = {"n": n, "attack": attack}
     if attack == "autoattack":
-        return {**result, **_autoattack(model, x[:n], y[:n], eps, norm, stages, seed, batch_size, progress)}
+        counts = _autoattack_counts(model, x, y, eps, norm, stages, seed, batch_size, progress and world.is_main)
+        summed = dict(
+            zip(counts, world.sum(torch.tensor(list(counts.values()), dtype=torch.float64)).tolist(), strict=True)
+        )
+        return {**result, **_autoattack_result(summed, n, eps, norm, stages)}
     step_size = eps / 4 if step_size is None else step_size
+    clean, robust = _pgd_counts(model, x, y, attack, eps, step_size, steps, norm, restarts, batch_size, seed, progress)
+    clean, robust = world.sum(torch.tensor([clean, robust], dtype=torch.float64)).tolist()
+    result["clean_acc"] = clean / max(n, 1)
+    if attack == "pgd":
+        result.update(
+            robust_acc=robust / max(n, 1), eps=eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts
+        )
+    return result
+
+
+def _pgd_counts(model, x, y, attack, eps, step_size, steps, norm, restarts, batch_size, seed, progress):
+    """(correctly classified, robust to PGD) counts of (x, y), batch by batch."""
+    device = model_device(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     clean = robust = 0
-    batches = list(_batches(n, batch_size))
+    batches = list(_batches(len(y), batch_size))
     if progress:
         from tqdm import tqdm
 
@@ -90,15 +111,11 @@ def evaluate(
             )
             with torch.no_grad():
                 robust += int((model(x_adv).argmax(1) == yb).sum())
-    result["clean_acc"] = clean / max(n, 1)
-    if attack == "pgd":
-        result.update(
-            robust_acc=robust / max(n, 1), eps=eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts
-        )
-    return result
+    return clean, robust
 
 
-def _autoattack(model, x, y, eps, norm, stages, seed, batch_size, progress) -> dict:
+def _autoattack_counts(model, x, y, eps, norm, stages, seed, batch_size, progress) -> dict[str, int]:
+    """The correctly classified count, then the robust count after each stage."""
     device = model_device(model)
     x, y = x.to(device), y.to(device)
     with torch.no_grad():
@@ -120,7 +137,11 @@ def _autoattack(model, x, y, eps, norm, stages, seed, batch_size, progress) -> d
         batch_size=batch_size,
         on_stage=report,
     )
-    n = max(len(y), 1)
+    return counts
+
+
+def _autoattack_result(counts: dict[str, float], n: int, eps: float, norm: str, stages: Sequence[str]) -> dict:
+    n = max(n, 1)
     return {
         "clean_acc": counts["clean"] / n,
         "robust_acc": counts[stages[-1]] / n if stages else counts["clean"] / n,

@@ -21,8 +21,24 @@ from advprune.data.readers import FASHION_MNIST_DIR
 
 pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
 
-ARGV = ["train", "--limit", "512", "--val-n", "64", "--epochs", "3", "--steps", "1", "--batch-size", "64",
-        "--eval-n", "32", "--quiet"]  # fmt: skip
+ARGV = [
+    "train",
+    "--limit",
+    "320",
+    "--val-n",
+    "64",
+    "--val-steps",
+    "2",
+    "--epochs",
+    "3",
+    "--steps",
+    "1",
+    "--batch-size",
+    "64",
+    "--eval-n",
+    "16",
+    "--quiet",
+]
 
 
 def advprune(out: Path, *extra: str, fault: str | None = None, wait: bool = True):
@@ -169,9 +185,16 @@ def test_a_busy_folder_and_a_full_disk_through_the_api(tmp_path, monkeypatch):
     from advprune.checkpoint import save_checkpoint
     from advprune.train.folder_lock import RunFolderBusy, acquire, release
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from advprune.train.folder_lock import "
-                               f"acquire; acquire({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from advprune.train.folder_lock import "
+            f"acquire; acquire({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderBusy, match=f"is in use by another run \\(process {holder.pid}, since"):
@@ -232,8 +255,11 @@ def test_prepare_interrupted_leaves_no_process_shared_memory_or_partial_file(tmp
     out = tmp_path / "fashion.beton"
     shm_before = set(os.listdir("/dev/shm"))
     trackers_before = set(processes_with("resource_tracker import main"))
-    proc = subprocess.Popen([sys.executable, "-m", "advprune", "prepare", "--dataset", "fashion-mnist", "--out",
-                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "advprune", "prepare", "--dataset", "fashion-mnist", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not any(tmp_path.glob(".fashion.tmp-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)

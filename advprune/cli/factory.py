@@ -37,15 +37,17 @@ class RunFactory:
     """Builds this command's models, loaders and trainers from its options. The training set is split
     once: val_ids (--val-n samples, class-stratified) are held out for validation, pool the rest."""
 
-    def __init__(self, args: argparse.Namespace, data, dataset: str | None = None) -> None:
+    def __init__(self, args: argparse.Namespace, data, dataset: str | None = None, world=None) -> None:
         import torch
 
+        from advprune.distributed import World
         from advprune.ids import holdout_split
         from advprune.models import data_kwargs
 
-        self.args, self.data = args, data
+        self.args, self.data, self.world = args, data, world or World()
         self.model_name = args.model or DEFAULT_MODEL[args.dataset]
-        self.device = resolve_device(args.device)
+        no_device = args.device is None and self.world.distributed
+        self.device = self.world.device() if no_device else resolve_device(args.device)
         val_n = getattr(args, "val_n", 0) or 0
         if not 0 <= val_n < len(data):
             raise UsageError(f"--val-n must be in [0, {len(data)}) (training samples left to train on), got {val_n}")
@@ -75,7 +77,7 @@ class RunFactory:
         from advprune.data import make_loader
 
         ffcv = self.args.backend == "ffcv" and out is not None
-        source = _beton_for(out, self.data) if ffcv else self.data
+        source = _beton_for(out, self.data, self.world) if ffcv else self.data
         return make_loader(
             source,
             backend="ffcv" if ffcv else "memory",
@@ -106,6 +108,8 @@ class RunFactory:
             epochs=epochs,
             optim=OptimConfig(lr=a.lr, schedule=a.lr_schedule),
             run=RunConfig(
+                world=self.world,
+                sync_batchnorm=getattr(a, "sync_batchnorm", False),
                 out_dir=out,
                 seed=seed,
                 amp=None if a.amp == "none" else a.amp,
@@ -137,13 +141,15 @@ class RunFactory:
         )
 
 
-def _beton_for(out: Path, data) -> Path:
+def _beton_for(out: Path, data, world) -> Path:
+    """The run folder's train.beton, written once (by rank 0; the other ranks wait for it)."""
     from advprune.data import write_beton
 
     path = out / "train.beton"
-    if not path.exists():
+    if world.is_main and not path.exists():
         out.mkdir(parents=True, exist_ok=True)
         write_beton(path, data.images, data.labels)
+    world.barrier()
     return path
 
 

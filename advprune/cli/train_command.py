@@ -56,6 +56,11 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
         scores, scores_meta = load_scores(args.scores)
         record.update(scores_file=str(args.scores), scoring_seconds=float(scores_meta.get("seconds", 0.0)))
     elif spec.needs_scores:
+        if factory.world.distributed:
+            raise UsageError(
+                "--score-pass runs warm-up trainings of its own: under torchrun, score with "
+                "`advprune score` first and pass --scores FILE, or let the run choose (no --score-pass)"
+            )
         with Stopwatch() as watch:
             scores = factory.warmup_scores(args.score_epochs, args.score_seeds, args.score_attack)
         save_scores(
@@ -72,7 +77,8 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
     indices = static_indices(
         spec, n, labels, scores=scores, class_balanced=args.class_balanced, seed=args.seed, pool=pool
     )
-    save_indices(kept_file, indices)
+    if factory.world.is_main:
+        save_indices(kept_file, indices)
     record["kept"] = len(indices)
     return indices, None, record
 
@@ -91,25 +97,30 @@ def _setup_record(factory: RunFactory, args: argparse.Namespace, test_size: int)
 
 def train(args: argparse.Namespace) -> None:
     """PGD (or FGSM-RS, TRADES, clean) training, optionally on pruned data, then clean and PGD-20 accuracy.
-    The run folder is this process's alone from the first file written to the last (RunFolderBusy)."""
+    The run folder is this process's alone from the first file written to the last (RunFolderBusy). Under
+    torchrun every rank runs this; rank 0 alone writes and prints."""
+    from advprune.distributed import World
     from advprune.train.folder_lock import locked
 
     out = Path(args.out)
     args.resume = args.resume or args.resume_from is not None
     if (out / "last.pt").exists() and not args.resume:
         raise UsageError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
-    with locked(out):
-        _train(args, out)
+    world = World.from_environment(timeout_s=args.dist_timeout)
+    try:
+        with locked(out if world.is_main else None):
+            _train(args, out, world)
+    finally:
+        world.close()
 
 
-def _train(args: argparse.Namespace, out: Path) -> None:
-    from advprune.evaluate import evaluate, format_result
+def _train(args: argparse.Namespace, out: Path, world) -> None:
     from advprune.pruning import save_indices
-    from advprune.scores import ForgettingTracker, save_scores
+    from advprune.scores import ForgettingTracker
 
     started = time.perf_counter()
     data, test = training_data(args)
-    factory = RunFactory(args, data)
+    factory = RunFactory(args, data, world=world)
     indices, pruner, record = _pruning(args, factory, out)
     forgetting = ForgettingTracker(len(data))
     trainer = factory.trainer(
@@ -124,15 +135,36 @@ def _train(args: argparse.Namespace, out: Path) -> None:
     trainer.folder.open(resume=args.resume)  # cleans up after a killed run; a fresh run sets an old log aside
     if not args.resume:
         trainer.log(_setup_record(factory, args, len(test)))
-        save_indices(out / "val_ids.npy", factory.val_ids)
+        if world.is_main:
+            save_indices(out / "val_ids.npy", factory.val_ids)
         if record is not None:
             trainer.log(record)
-    trainer.fit(
-        factory.loader(out, indices=indices, seed=args.seed),
-        factory.val(),
-        resume=args.resume,
-        resume_from=args.resume_from,
+    loader = factory.loader(out, indices=indices, seed=args.seed)
+    trainer.fit(loader, factory.val(), resume=args.resume, resume_from=args.resume_from)
+    _finish(args, out, trainer, pruner, forgetting, test, record, started)
+
+
+def _finish(args, out: Path, trainer, pruner, forgetting, test, record, started: float) -> None:
+    """The run's files (rank 0) and its evaluation on the test set (each rank its share)."""
+    from advprune.evaluate import evaluate, format_result
+    from advprune.pruning import save_indices
+    from advprune.scores import save_scores
+
+    world = trainer.world
+    x_test, y_test = tensors(test, range(min(args.eval_n, len(test))))
+    result = evaluate(
+        trainer.model,
+        x_test,
+        y_test,
+        attack="pgd",
+        eps=args.eps,
+        steps=20,
+        norm=args.norm,
+        progress=not args.quiet and world.is_main,
+        world=world,
     )
+    if not world.is_main:
+        return
     save_scores(
         out / "train_scores.npz",
         {"forgetting": forgetting.scores()},
@@ -145,16 +177,13 @@ def _train(args: argparse.Namespace, out: Path) -> None:
             pruner.scores(),
             {"source": "scoring pass in the run", "warmup_epochs": args.score_epochs},
         )
-    x_test, y_test = tensors(test, range(min(args.eval_n, len(test))))
-    result = evaluate(
-        trainer.model, x_test, y_test, attack="pgd", eps=args.eps, steps=20, norm=args.norm, progress=not args.quiet
-    )
     result.update(
         split="test",
         test_ids=f"the first {result['n']} of the test set",
         model="last.pt (final epoch)",
         wall_seconds=time.perf_counter() - started,
         prune=args.prune,
+        ranks=world.size,
     )
     if record is not None:
         result["scoring_seconds"] = record["scoring_seconds"]

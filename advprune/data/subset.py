@@ -2,7 +2,9 @@
 
 Every epoch draws its order from a generator seeded by (seed, epoch), so a run
 with the same seed serves the same batches, epoch after epoch, and a resumed
-run can continue the sequence by setting `epoch`.
+run can continue the sequence by setting `epoch`. Under torch.distributed each
+rank serves its share of that one order (set_shard; ids.shard_order): the
+ranks' batches of a step together are the one-process batch of that step.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from advprune.ids import as_indices, epoch_generator
+from advprune.ids import as_indices, epoch_generator, shard_length, shard_order
 
 ORDERS = ("random", "sequential")
 
@@ -39,25 +41,38 @@ class SubsetSchedule:
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
+        self.rank, self.world = 0, 1
         self.indices = torch.arange(n) if indices is None else as_indices(indices, n)
 
     def set_indices(self, indices: object) -> None:
         self.indices = as_indices(indices, self.n)
 
-    def num_batches(self, count: int | None = None) -> int:
-        count = len(self.indices) if count is None else count
+    def set_shard(self, rank: int, world: int) -> None:
+        """Serve rank `rank`'s share of each epoch's order among `world` ranks."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        self.rank, self.world = rank, world
+
+    def num_batches(self) -> int:
+        """This rank's batches of an epoch of the served ids."""
+        return self._batches(shard_length(len(self.indices), self.batch_size, self.world, self.drop_last))
+
+    def _batches(self, count: int) -> int:
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def next_epoch(self) -> tuple[torch.Tensor, torch.Generator]:
-        """This epoch's order of the ids, and its generator (for augmentation); advances the epoch."""
+        """This epoch's order of the ids (this rank's share of it), and its generator (for augmentation);
+        advances the epoch."""
         generator = epoch_generator(self.seed, self.epoch)
         self.epoch += 1
-        if self.order == "sequential":
-            return self.indices.clone(), generator
-        return self.indices[torch.randperm(len(self.indices), generator=generator)], generator
+        order = self.indices.clone()
+        if self.order == "random":
+            order = self.indices[torch.randperm(len(self.indices), generator=generator)]
+        return shard_order(order, self.batch_size, self.rank, self.world, self.drop_last), generator
 
     def batch_bounds(self, count: int) -> Iterator[tuple[int, int]]:
-        for b in range(self.num_batches(count)):
+        """The [start, end) of each batch of an epoch's order of `count` ids (this rank's share)."""
+        for b in range(self._batches(count)):
             yield b * self.batch_size, min((b + 1) * self.batch_size, count)
 
 
@@ -73,6 +88,10 @@ class SubsetLoader:
     def set_indices(self, indices: object) -> None:
         """Serve exactly these sample ids from the next epoch on (no rebuild)."""
         self.schedule.set_indices(indices)
+
+    def set_shard(self, rank: int, world: int) -> None:
+        """Serve rank `rank`'s share of each epoch among `world` ranks (see SubsetSchedule.set_shard)."""
+        self.schedule.set_shard(rank, world)
 
     def __len__(self) -> int:
         return self.schedule.num_batches()

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Sampler
 
 from advprune._files import write_atomic
-from advprune.ids import as_indices, epoch_generator
+from advprune.ids import as_indices, epoch_generator, shard_length, shard_order
 
 if TYPE_CHECKING:
     from advprune.pruning.protocol import Pruner
@@ -23,6 +23,8 @@ class PrunedSampler(Sampler[int]):
 
     set_indices(ids) changes the subset from the next epoch on; len() follows it. Call
     set_epoch(e) to reproduce an epoch's order after a resume (each iteration advances it).
+    Under torch.distributed, set_shard(rank, world, batch_size) serves this rank's share of the
+    one order all ranks draw (ids.shard_order: equal shares, a few ids repeated to even them).
     """
 
     def __init__(self, indices: object, shuffle: bool = True, seed: int = 0, num_samples: int | None = None) -> None:
@@ -30,6 +32,7 @@ class PrunedSampler(Sampler[int]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.rank, self.world, self.batch_size = 0, 1, 1
         self.indices = as_indices(indices, num_samples)
 
     def set_indices(self, indices: object) -> None:
@@ -38,15 +41,20 @@ class PrunedSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_shard(self, rank: int, world: int, batch_size: int) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        self.rank, self.world, self.batch_size = rank, world, batch_size
+
     def __len__(self) -> int:
-        return len(self.indices)
+        return shard_length(len(self.indices), self.batch_size, self.world)
 
     def __iter__(self) -> Iterator[int]:
         order = self.indices
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=epoch_generator(self.seed, self.epoch))]
         self.epoch += 1
-        return iter(order.tolist())
+        return iter(shard_order(order, self.batch_size, self.rank, self.world).tolist())
 
 
 class PrunerSampler(PrunedSampler):
@@ -69,7 +77,7 @@ class PrunerSampler(PrunedSampler):
     def __len__(self) -> int:
         if not self._iterating:  # during an epoch, its length; the next epoch's ids wait for its updates
             self._prepare()
-        return len(self.indices)
+        return super().__len__()
 
     def __iter__(self) -> Iterator[int]:
         self._prepare()

@@ -14,10 +14,12 @@ from advprune._checks import check_images_and_labels
 @dataclass
 class SubsetControl:
     """The part of the training data that serves a changing subset: set_indices for the next epoch,
-    set_epoch for its order, and the size of the id space (None when unknown)."""
+    set_epoch for its order, set_shard(rank, world, batch_size) for a rank's share under
+    torch.distributed, and the size of the id space (None when unknown)."""
 
     set_indices: Callable[[object], None]
     set_epoch: Callable[[int], None]
+    set_shard: Callable[[int, int, int], None]
     num_samples: int | None
 
 
@@ -25,11 +27,25 @@ def subset_control(train: Iterable) -> SubsetControl | None:
     """An advprune loader, or a DataLoader over a PrunedSampler; None for other iterables."""
     schedule = getattr(train, "schedule", None)
     if hasattr(train, "set_indices") and schedule is not None:
-        return SubsetControl(train.set_indices, lambda e: setattr(schedule, "epoch", e), schedule.n)
+        return SubsetControl(
+            train.set_indices,
+            lambda e: setattr(schedule, "epoch", e),
+            lambda r, w, _b: train.set_shard(r, w),
+            schedule.n,
+        )
     sampler = getattr(train, "sampler", None)
     if hasattr(sampler, "set_indices") and hasattr(sampler, "set_epoch"):
-        return SubsetControl(sampler.set_indices, sampler.set_epoch, getattr(sampler, "num_samples", None))
+        return SubsetControl(
+            sampler.set_indices, sampler.set_epoch, sampler.set_shard, getattr(sampler, "num_samples", None)
+        )
     return None
+
+
+def _cannot_shard(sampler) -> Callable[[int, int, int], None]:
+    def refuse(rank: int, world: int, batch_size: int) -> None:
+        raise TypeError(f"{type(sampler).__name__} has no set_shard: under torch.distributed use PrunedSampler")
+
+    return refuse
 
 
 def loader_batch_size(train: Iterable) -> int | None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from advprune.distributed import World
+
 OBJECTIVES = ("pgd", "fgsm_rs", "trades", "clean")
 NORMS = ("linf", "l2")
 AMP_MODES = ("auto", "bf16", "fp16", None)
@@ -95,7 +97,13 @@ class RunConfig:
     """Where and how the run executes. amp: "auto" (bfloat16 where the hardware computes it natively),
     "bf16", "fp16" or None. channels_last: None converts advprune's own models (in place) and leaves
     other models as they are, since a model that flattens with .view fails on channels_last
-    activations; True or False decides for any model. out_dir: checkpoints and metrics.jsonl."""
+    activations; True or False decides for any model. out_dir: checkpoints and metrics.jsonl.
+
+    world: the ranks (advprune.distributed.World; None: torchrun's environment, a single process
+    without one). keyed_noise: the attacks' random starts drawn by sample id (ids.KeyedNoise), the
+    same for a sample whatever the batch or rank; None: on under torch.distributed, so that N ranks
+    give the one-process run with the same global batch. sync_batchnorm: BatchNorm statistics over
+    the global batch under torch.distributed."""
 
     out_dir: str | Path | None = None
     seed: int = 0
@@ -105,6 +113,9 @@ class RunConfig:
     device: str | torch.device | None = None
     quiet: bool = False
     meta: dict = field(default_factory=dict)
+    world: World | None = None
+    keyed_noise: bool | None = None
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from advprune.ids import epoch_generator
+from advprune.ids import KeyedNoise, epoch_generator
 from advprune.train.batches import loader_batch_size, subset_control, unpack_batch
 from advprune.train.scoring import run_scoring_pass
 
@@ -29,6 +29,7 @@ def select_subset(trainer: Trainer, train: Iterable, epoch: int) -> float:
         start = time.perf_counter()
         num_samples = subset.num_samples or int(request.ids.max()) + 1
         scores = run_scoring_pass(
+            trainer.world,
             trainer.model,
             train,
             subset,
@@ -56,10 +57,15 @@ def _progress(train: Iterable, epoch: int, total: int | None, quiet: bool) -> It
     return tqdm(train, total=total, desc=f"epoch {epoch}", leave=False)
 
 
+def _noise(trainer: Trainer, generator: torch.Generator, ids: torch.Tensor, epoch: int):
+    """The attack's random starts: the epoch's generator, or noise keyed by sample id (ids.KeyedNoise)."""
+    return KeyedNoise(ids, trainer.run.seed, epoch) if trainer.keyed_noise else generator
+
+
 def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
-    """Trains one epoch; returns its record (samples, loss, adversarial accuracy, seconds by phase).
-    The learning rate follows the step's progress in epochs; data of unknown length use the previous
-    epoch's step count (the first epoch keeps its start rate)."""
+    """Trains one epoch; returns its record (samples, loss, adversarial accuracy, seconds by phase), over all
+    ranks (sums; seconds: the slowest rank's). The learning rate follows the step's progress in epochs; data
+    of unknown length use the previous epoch's step count (the first epoch keeps its start rate)."""
     scoring_pass_seconds = select_subset(trainer, train, epoch)
     subset = subset_control(train)
     if subset is not None:
@@ -73,7 +79,7 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
     memory_format = t.memory_format or torch.preserve_format
     samples, loss_sum, correct, steps = 0, 0.0, 0, 0
     start = tick = time.perf_counter()
-    for steps, batch in enumerate(_progress(train, epoch, steps_in_epoch, t.run.quiet), start=1):
+    for steps, batch in enumerate(_progress(train, epoch, steps_in_epoch, t.folder.quiet), start=1):
         x, y, ids = unpack_batch(batch)
         x = x.to(t.device, memory_format=memory_format, non_blocking=True)
         y, ids = y.to(t.device, non_blocking=True), ids.to(t.device, non_blocking=True)
@@ -84,7 +90,7 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
             x,
             y,
             ids,
-            generator=generator,
+            generator=_noise(t, generator, ids, epoch),
             weights=weights,
             batch_size=batch_size,
             observers=observers,
@@ -95,15 +101,18 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
         correct += int((logits.argmax(1) == y).sum())
         tick = time.perf_counter()
     t.steps_per_epoch = steps or t.steps_per_epoch
+    elapsed = [time.perf_counter() - start, scoring_pass_seconds, *timing.values()]
+    seconds = t.world.max(torch.tensor(elapsed, dtype=torch.float64)).tolist()
+    samples, loss_sum, correct = t.world.sum(torch.tensor([samples, loss_sum, correct], dtype=torch.float64)).tolist()
     record = {
         "epoch": epoch,
-        "seconds": time.perf_counter() - start,
-        "samples": samples,
+        "seconds": seconds[0],
+        "samples": int(samples),
         "lr": lr,
         "train_loss": loss_sum / max(samples, 1),
         "train_adv_acc": correct / max(samples, 1),
-        **{f"{k}_seconds": v for k, v in timing.items()},
+        **{f"{k}_seconds": v for k, v in zip(timing, seconds[2:], strict=True)},
     }
     if scoring_pass_seconds:
-        record["scoring_pass_seconds"] = scoring_pass_seconds
+        record["scoring_pass_seconds"] = seconds[1]
     return record

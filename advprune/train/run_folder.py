@@ -31,11 +31,13 @@ def _finite(record: dict) -> dict:
 
 
 class RunFolder:
-    """Paths and files of one run; `None` as the folder keeps nothing (metrics are only printed)."""
+    """Paths and files of one run; `None` as the folder keeps nothing (metrics are only printed). Only a
+    writer (rank 0 under torch.distributed) locks, cleans, writes and prints; every rank reads."""
 
-    def __init__(self, path: str | Path | None, quiet: bool = False) -> None:
+    def __init__(self, path: str | Path | None, quiet: bool = False, writer: bool = True) -> None:
         self.path = Path(path) if path is not None else None
-        self.quiet = quiet
+        self.quiet = quiet or not writer
+        self.writer = writer
         self._open = False
 
     def file(self, name: str) -> Path | None:
@@ -53,7 +55,7 @@ class RunFolder:
     def open(self, *, resume: bool) -> None:
         """Takes the folder (RunFolderBusy if another process has it), removes temporary files of killed
         writes, and for a fresh run sets an old log aside; refuses a fresh run over a checkpoint."""
-        if self.path is None or self._open:
+        if self.path is None or self._open or not self.writer:
             return
         folder_lock.acquire(self.path)
         self._open = True
@@ -80,7 +82,7 @@ class RunFolder:
     def append(self, record: dict) -> None:
         """One line of metrics.jsonl (NaN and Inf written as null), in one write, and its short form on screen."""
         clean = _finite(record)
-        if self.path is not None:
+        if self.path is not None and self.writer:
             self.path.mkdir(parents=True, exist_ok=True)
             line = (json.dumps(clean) + "\n").encode()
             fd = os.open(self.path / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -116,7 +118,7 @@ class RunFolder:
         """Keeps the readable records of epochs before `epoch` (a killed run may have logged one past its
         checkpoint) and the records that are not epochs."""
         path = self.file("metrics.jsonl")
-        if path is None or not path.is_file():
+        if path is None or not path.is_file() or not self.writer:
             return
         kept = [r for r in self.read_metrics() if r.get("epoch", -1) < epoch]
         write_atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
@@ -126,7 +128,7 @@ class RunFolder:
     def save(self, state: dict, *, best: bool) -> None:
         """last.pt, then best.pt when this state is the best so far. last.pt records the best epoch, so a
         crash between the two writes is seen, and repaired, on resume."""
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         save_checkpoint(self.path / "last.pt", state)
         fault_point("between-checkpoints", state.get("epoch"))
@@ -151,7 +153,7 @@ class RunFolder:
         writes a new best.pt."""
         best_epoch = state.get("best_epoch")
         best = self.file("best.pt")
-        if best is None or best_epoch is None:
+        if best is None or best_epoch is None or not self.writer:
             return True
         try:
             ok = best.is_file() and load_checkpoint(best)["epoch"] == best_epoch

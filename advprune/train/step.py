@@ -1,6 +1,12 @@
 """One training step: craft the batch's adversarial examples (input gradients only: no weight
 gradient is computed or accumulated), take the loss (per sample, weighted by the pruner), step the
-optimiser, and hand the per-sample results to the observers (pruners, trackers)."""
+optimiser, and hand the per-sample results to the observers (pruners, trackers).
+
+Under DistributedDataParallel the attack runs on the bare module: its forwards and input-gradient
+backwards never touch DDP's hooks, so they cost no gradient all-reduce; only the update's forward
+goes through DDP. The observers see every rank's results (gathered), so that all ranks keep the same
+pruner state.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from advprune import attacks, ops
+from advprune._types import SampleScores
+from advprune.distributed import World
 from advprune.pruning.protocol import BatchObserver
 from advprune.train.config import AttackConfig
 
@@ -21,45 +29,46 @@ class TrainingDiverged(RuntimeError):
 
 
 class AdversarialStep:
-    """The attack and the optimiser step of one batch. `forward` is the model or its compiled form."""
+    """The attack and the optimiser step of one batch. attack_forward: the model (or its compiled form) for
+    the attack and for TRADES' clean logits; train_forward: what the update's forward goes through (the
+    DDP wrapper under torch.distributed, else the same)."""
 
     def __init__(
         self,
         model: nn.Module,
-        forward: Callable,
+        attack_forward: Callable,
+        train_forward: Callable,
         attack: AttackConfig,
         optimizer: torch.optim.Optimizer,
         amp_dtype: torch.dtype | None,
         device: torch.device,
+        world: World,
     ) -> None:
-        self.model, self.forward, self.attack, self.optimizer = model, forward, attack, optimizer
-        self.amp_dtype, self.device = amp_dtype, device
+        self.model, self.attack_forward, self.train_forward = model, attack_forward, train_forward
+        self.attack, self.optimizer, self.amp_dtype, self.device, self.world = (
+            attack,
+            optimizer,
+            amp_dtype,
+            device,
+            world,
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, generator: attacks.Randomness) -> torch.Tensor:
         """The training attack's examples of (x, y), crafted with the model in eval mode for pgd and trades."""
-        a = self.attack
+        a, forward = self.attack, self.attack_forward
         with self.autocast():
             if a.kind == "pgd":
-                return attacks.pgd(
-                    self.forward,
-                    x,
-                    y,
-                    eps=a.eps,
-                    step_size=a.step_size,
-                    steps=a.steps,
-                    norm=a.norm,
-                    generator=generator,
-                )
+                return attacks.pgd(forward, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm,
+                                   generator=generator)  # fmt: skip
             if a.kind == "fgsm_rs":
-                return attacks.fgsm_rs(self.forward, x, y, eps=a.eps, step_size=a.step_size, generator=generator)
+                return attacks.fgsm_rs(forward, x, y, eps=a.eps, step_size=a.step_size, generator=generator)
             if a.kind == "trades":
-                return attacks.trades_perturb(
-                    self.forward, x, eps=a.eps, step_size=a.step_size, steps=a.steps, generator=generator
-                )
+                return attacks.trades_perturb(forward, x, eps=a.eps, step_size=a.step_size, steps=a.steps,
+                                              generator=generator)  # fmt: skip
         return x
 
     def __call__(
@@ -68,7 +77,7 @@ class AdversarialStep:
         y: torch.Tensor,
         ids: torch.Tensor,
         *,
-        generator: torch.Generator,
+        generator: attacks.Randomness,
         weights: torch.Tensor | None,
         batch_size: int | None,
         observers: Sequence[BatchObserver],
@@ -77,15 +86,16 @@ class AdversarialStep:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step; returns (per-sample loss, logits), detached. The loss is the weighted sum over
         the batch divided by batch_size (the loader's, default len(y)), so that a short last batch (common on
-        pruned data) moves the weights in proportion to its samples, not as a full one."""
+        pruned data) moves the weights in proportion to its samples, not as a full one; DDP then averages
+        over the ranks, which makes it the one-process step of the global batch."""
         t0 = time.perf_counter()
         x_adv = self.perturb(x, y, generator)
         t1 = time.perf_counter()
         self.model.train()
         with self.autocast():
-            logits = self.forward(x_adv)
+            logits = self.train_forward(x_adv)
             if self.attack.kind == "trades":
-                per_sample, _ = attacks.trades_loss(self.forward(x), logits, y, self.attack.beta)
+                per_sample, _ = attacks.trades_loss(self.attack_forward(x), logits, y, self.attack.beta)
             else:
                 per_sample = F.cross_entropy(logits.float(), y, reduction="none")
         weighted = per_sample * weights.to(per_sample) if weights is not None else per_sample
@@ -101,10 +111,16 @@ class AdversarialStep:
         self.scaler.update()
         t2 = time.perf_counter()
         if observers:
-            scores, adv_loss = ops.sample_scores(logits.detach(), y), per_sample.detach()
-            for observer in observers:
-                observer.on_batch(ids, scores, adv_loss)
+            self._observe(observers, ids, ops.sample_scores(logits.detach(), y), per_sample.detach())
         timing["attack"] += t1 - t0
         timing["update"] += t2 - t1
         timing["scoring"] += time.perf_counter() - t2
         return per_sample.detach(), logits.detach()
+
+    def _observe(self, observers, ids: torch.Tensor, scores: SampleScores, adv_loss: torch.Tensor) -> None:
+        """Every observer gets the batch's results of all ranks (the ranks' batches of a step are equal in size)."""
+        if self.world.distributed:
+            ids, adv_loss = self.world.gather(ids), self.world.gather(adv_loss)
+            scores = SampleScores(*(self.world.gather(t) for t in scores))
+        for observer in observers:
+            observer.on_batch(ids, scores, adv_loss)

@@ -10,14 +10,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from advprune.distributed import World
 from advprune.evaluate import evaluate
 from advprune.pruning.protocol import BatchObserver, Pruner, missing_methods
 from advprune.schedules import LRSchedule
 from advprune.train.amp import resolve_amp
-from advprune.train.batches import subset_control
+from advprune.train.batches import loader_batch_size, subset_control
 from advprune.train.config import AttackConfig, OptimConfig, RunConfig, ValidationConfig
 from advprune.train.epoch import run_epoch
 from advprune.train.guard import OverfittingGuard
+from advprune.train.placement import place
 from advprune.train.run_folder import RunFolder
 from advprune.train.state import load_trainer_state, resume_trainer, trainer_state
 from advprune.train.step import AdversarialStep
@@ -58,21 +60,27 @@ class Trainer:
         _check_hooks(pruner, trackers)
         attack, optim, self.run = attack or AttackConfig(), optim or OptimConfig(), run or RunConfig()
         self.validation = validation or ValidationConfig()
-        self.device = torch.device(self.run.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        own_model = type(model).__module__.startswith("advprune.models")
-        channels_last = own_model if self.run.channels_last is None else self.run.channels_last
-        self.memory_format = torch.channels_last if channels_last else None
-        self.model = model.to(self.device, memory_format=self.memory_format) if channels_last else model.to(self.device)
-        forward = torch.compile(self.model) if self.run.compile else self.model
+        self.world = self.run.world or World.from_environment()
+        placed = place(model, self.run, self.world)
+        self.model, self.device, self.memory_format = placed.model, placed.device, placed.memory_format
         self.optimizer = optimizer or optim.build(self.model.parameters())
         base_lr = self.optimizer.param_groups[0]["lr"] if optimizer is not None else optim.lr
         self.epochs, self.schedule = epochs, LRSchedule(optim.schedule, base_lr, epochs)
+        amp_dtype = resolve_amp(self.run.amp, self.device)
         self.step = AdversarialStep(
-            self.model, forward, attack, self.optimizer, resolve_amp(self.run.amp, self.device), self.device
+            self.model,
+            placed.attack_forward,
+            placed.train_forward,
+            attack,
+            self.optimizer,
+            amp_dtype,
+            self.device,
+            self.world,
         )
+        self.keyed_noise = self.world.distributed if self.run.keyed_noise is None else self.run.keyed_noise
         self.pruner, self.trackers = pruner, list(trackers)
         self.guard = OverfittingGuard(self.validation.collapse_drop)
-        self.folder = RunFolder(self.run.out_dir, self.run.quiet)
+        self.folder = RunFolder(self.run.out_dir, self.run.quiet or not self.world.is_main, writer=self.world.is_main)
         self.epoch, self.best_val, self.best_epoch, self.steps_per_epoch = 0, -1.0, None, None
 
     @property
@@ -100,12 +108,16 @@ class Trainer:
         over advprune.data.with_ids(dataset), ...); val is held-out data (x, y), never trained on, for the
         per-epoch check (best.pt, the overfitting guard). resume=True continues from out_dir/last.pt (or from
         the checkpoint resume_from). The run folder is this process's alone while it trains (RunFolderBusy)."""
-        if self.pruner is not None and subset_control(train) is None:
+        subset = subset_control(train)
+        if subset is None and (self.pruner is not None or self.world.distributed):
+            need = "each rank serves its share of" if self.world.distributed else "the pruner chooses"
             raise TypeError(
-                f"the pruner chooses each epoch's samples, but the training data ({type(train).__name__}) cannot "
-                "change its subset: use an advprune loader (make_loader) or a DataLoader with "
+                f"{need} each epoch's samples, but the training data ({type(train).__name__}) cannot change its "
+                "subset: use an advprune loader (make_loader) or a DataLoader with "
                 "sampler=advprune.pruning.PrunedSampler(..., num_samples=N)"
             )
+        if self.world.distributed:
+            subset.set_shard(self.world.rank, self.world.size, loader_batch_size(train) or 1)
         resume = resume or resume_from is not None
         self.folder.open(resume=resume)
         try:
@@ -134,6 +146,7 @@ class Trainer:
             self._save(record)
 
     def _validate(self, val: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        """Clean and PGD accuracy on the held-out data (each rank its share, the counts summed)."""
         x, y = val
         if self.memory_format is not None and x.dim() == 4:
             x = x.contiguous(memory_format=self.memory_format)
@@ -149,6 +162,7 @@ class Trainer:
             norm=a.norm,
             batch_size=v.batch_size,
             seed=self.run.seed,
+            world=self.world,
         )
         return {"val_clean_acc": result["clean_acc"], "val_pgd_acc": result["robust_acc"], "val_n": result["n"]}
 
@@ -163,4 +177,5 @@ class Trainer:
         is_best = robust is not None and robust > self.best_val  # early stopping by robust accuracy (Rice)
         if is_best:
             self.best_val, self.best_epoch = robust, self.epoch
-        self.folder.save(self.state_dict(), best=is_best)
+        self.folder.save(self.state_dict(), best=is_best)  # rank 0 writes
+        self.world.barrier()  # no rank reads a checkpoint (a restore) that rank 0 is still writing
