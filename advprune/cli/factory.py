@@ -110,6 +110,7 @@ class RunFactory:
             run=RunConfig(
                 world=self.world,
                 sync_batchnorm=getattr(a, "sync_batchnorm", False),
+                keyed_noise=True if getattr(a, "keyed_noise", False) else None,
                 out_dir=out,
                 seed=seed,
                 amp=None if a.amp == "none" else a.amp,

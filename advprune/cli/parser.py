@@ -75,8 +75,17 @@ def _train_parser(commands) -> None:
     t.add_argument("--eval-n", type=int, default=1000, help="test samples of the final evaluation (the first N)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--sync-batchnorm", action="store_true", help="under torchrun: BatchNorm over the global batch")
-    t.add_argument("--dist-timeout", type=float, default=600.0,
-                   help="under torchrun: seconds a rank waits for the others before it fails")  # fmt: skip
+    t.add_argument(
+        "--keyed-noise",
+        action="store_true",
+        help="random starts by sample id, as under torchrun: one process that matches an N-rank run",
+    )
+    t.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a rank waits for the others before it fails",
+    )
     t.add_argument("--out", required=False, default=None, help="the run folder (checkpoints, metrics.jsonl)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     t.add_argument(
