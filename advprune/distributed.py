@@ -80,6 +80,15 @@ class World:
         _checked(dist.all_gather, parts, tensor.contiguous())
         return torch.cat(parts)
 
+    def gather_columns(self, columns: list[torch.Tensor]) -> list[torch.Tensor]:
+        """gather() of several 1-D tensors of one length in a single collective: packed as the columns of
+        one float64 matrix (exact for int64 ids below 2**53, for bool and for every float type) and split
+        back into their dtypes, so that a step pays one all-gather instead of one per tensor."""
+        if not self.distributed:
+            return columns
+        packed = self.gather(torch.stack([c.to(torch.float64) for c in columns], dim=1))
+        return [packed[:, i].to(c.dtype) for i, c in enumerate(columns)]
+
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """The elementwise sum over ranks (float64 on the CPU, so that counts stay exact)."""
         return self._reduce(values, "SUM")

@@ -32,9 +32,11 @@ class Recorder(PrunerBase):
 
     def __init__(self) -> None:
         self.seen: list[torch.Tensor] = []
+        self.losses: list[torch.Tensor] = []
 
     def on_batch(self, ids, scores, adv_loss) -> None:
         self.seen.append(ids.cpu().clone())
+        self.losses.append(adv_loss.cpu().clone())
 
 
 def make_pruner(kind: str):
@@ -62,6 +64,7 @@ def run(rank: int, world_size: int, port: int, out: str, kind: str, batch_size: 
         )
     torch.set_num_threads(1)
     world = World.from_environment(timeout_s=60)
+    columns = world.gather_columns(rank_columns(rank))
     torch.manual_seed(0)
     model = models.create("small-cnn", 4, image_size=(IMAGE, IMAGE))
     pruner = StaticRandom() if kind == "random" else make_pruner(kind)
@@ -110,6 +113,8 @@ def run(rank: int, world_size: int, port: int, out: str, kind: str, batch_size: 
         {
             "served": served,
             "seen": recorder.seen,
+            "losses": recorder.losses,
+            "columns": columns,
             "weights": trainer.model.state_dict(),
             "pruner": pruner.state_dict() if pruner is not None else None,
             "allreduces": len(allreduces),
@@ -118,6 +123,17 @@ def run(rank: int, world_size: int, port: int, out: str, kind: str, batch_size: 
         Path(out) / f"rank{rank}.pt",
     )
     world.close()
+
+
+def rank_columns(rank: int) -> list[torch.Tensor]:
+    """Three samples' worth of per-sample results of one rank, in the dtypes a step gathers."""
+    ids = torch.tensor([2**40 + 7, 3, 255]) + rank
+    return [
+        ids,
+        torch.tensor([0.1, -2.5, 1e-30]) * (rank + 1),
+        ids % 2 == 0,
+        torch.full((3,), 1.5 + rank, dtype=torch.bfloat16),
+    ]
 
 
 def _counting_allreduce(state: list, bucket):

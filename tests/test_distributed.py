@@ -135,6 +135,20 @@ def test_two_ranks_end_with_the_weights_of_one_process_with_the_same_global_batc
         assert difference <= 2e-6 * value.abs().max(), (name, float(difference))
 
 
+def test_per_sample_results_are_gathered_exactly_in_one_collective(runs):
+    (rank0, rank1), single = runs["dynamic"]
+    expected = [
+        torch.cat(parts) for parts in zip(dist_worker.rank_columns(0), dist_worker.rank_columns(1), strict=True)
+    ]
+    for got in (rank0["columns"], rank1["columns"]):
+        for g, e in zip(got, expected, strict=True):
+            assert g.dtype == e.dtype and torch.equal(g, e)
+    # every observer saw each sample's loss as the one-process run computed it (to float32 rounding)
+    one = {int(i): float(v) for i, v in zip(torch.cat(single["seen"]), torch.cat(single["losses"]), strict=True)}
+    two = {int(i): float(v) for i, v in zip(torch.cat(rank0["seen"]), torch.cat(rank0["losses"]), strict=True)}
+    assert one.keys() == two.keys() and all(abs(one[i] - two[i]) <= 1e-4 * (1 + abs(one[i])) for i in one)
+
+
 def test_the_attack_costs_no_gradient_all_reduce(runs):
     (rank0, rank1), _ = runs["dynamic"]
     assert rank0["attack_checks"] and all(rank0["attack_checks"]) and all(rank1["attack_checks"])

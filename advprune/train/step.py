@@ -120,7 +120,7 @@ class AdversarialStep:
     def _observe(self, observers, ids: torch.Tensor, scores: SampleScores, adv_loss: torch.Tensor) -> None:
         """Every observer gets the batch's results of all ranks (the ranks' batches of a step are equal in size)."""
         if self.world.distributed:
-            ids, adv_loss = self.world.gather(ids), self.world.gather(adv_loss)
-            scores = SampleScores(*(self.world.gather(t) for t in scores))
+            ids, adv_loss, *fields = self.world.gather_columns([ids, adv_loss, *scores])
+            scores = SampleScores(*fields)
         for observer in observers:
             observer.on_batch(ids, scores, adv_loss)
