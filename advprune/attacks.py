@@ -50,11 +50,18 @@ def _per_sample_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.
 
 def input_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss: str = "ce"):
     """(per-sample loss, d loss / d x_adv): one forward, one backward to the input only."""
+    _, per_sample, grad = _attack_pass(model, x_adv, y, loss)
+    return per_sample, grad
+
+
+def _attack_pass(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss: str):
+    """(logits, per-sample loss, d loss / d x_adv), all detached: one forward, one backward to the input."""
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
-        per_sample = _per_sample_loss(model(x_adv), y, loss)
+        logits = model(x_adv)
+        per_sample = _per_sample_loss(logits, y, loss)
         grad = gradient_of(per_sample.sum(), x_adv)
-    return per_sample.detach(), grad
+    return logits.detach(), per_sample.detach(), grad
 
 
 def _float16_autocast(device_type: str) -> bool:
@@ -162,6 +169,70 @@ def pgd(
             best_loss[todo[better]] = try_loss[better]
             broken[todo[try_broken]] = True
     return best
+
+
+def pgd_robust(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    restarts: int = 1,
+    loss: str = "ce",
+    generator: Randomness = None,
+) -> torch.Tensor:
+    """Which samples PGD-`steps` cannot misclassify (a bool per sample), with early exit: a sample is
+    broken, and leaves the batch, as soon as any iterate of any restart (its random start included)
+    is misclassified, and a sample misclassified as it is counts as broken without an attack. So the
+    attack spends its steps on the samples still robust only, and is at least as strong as judging
+    the last iterate (attacks.pgd and torchattacks.PGD). Each restart attacks the samples no earlier
+    restart broke. The model is in eval mode while attacking; the caller's mode is restored."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    check_images_and_labels("attacks.pgd_robust", x, y)
+    x = x.detach()
+    with model_mode(model, "eval"):
+        with torch.no_grad():
+            robust = model(x).argmax(1) == y
+        for _ in range(restarts):
+            todo = torch.nonzero(robust).squeeze(1)
+            if len(todo) == 0:
+                break
+            noise = _rows(generator, todo)
+            broken = _broken_by_any_iterate(model, x[todo], y[todo], eps, step_size, steps, norm, loss, noise)
+            robust[todo[broken]] = False
+            if isinstance(generator, KeyedNoise):  # the next restart draws new noise
+                generator.draws = noise.draws
+    return robust
+
+
+def _broken_by_any_iterate(model, x, y, eps, step_size, steps, norm, loss, noise) -> torch.Tensor:
+    """One PGD run from a random start in which each sample stops at its first misclassified iterate."""
+    broken = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    left = torch.arange(len(y), device=y.device)  # the rows of x still attacked
+    fmt = _memory_format(x)
+    x_adv = random_init(x, eps, norm, noise)
+    for step in range(steps + 1):
+        if step == steps:
+            with torch.no_grad():
+                logits = model(x_adv)
+        else:
+            logits, _, grad = _attack_pass(model, x_adv, y, loss)
+        hit = logits.argmax(1) != y
+        broken[left[hit]] = True
+        if step == steps or bool(hit.all()):
+            break
+        if bool(hit.any()):
+            keep = ~hit
+            left, y, grad = left[keep], y[keep], grad[keep]
+            x, x_adv = x[keep].contiguous(memory_format=fmt), x_adv[keep].contiguous(memory_format=fmt)
+        ops.pgd_step_(x_adv, grad, x, eps=eps, step_size=step_size, norm=norm)
+    return broken
 
 
 def _pgd_run(model, x, y, *, eps, step_size, steps, norm, random_start, loss, generator) -> torch.Tensor:

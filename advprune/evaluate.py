@@ -1,8 +1,9 @@
 """Evaluation: clean accuracy, PGD-K with restarts, and AutoAttack (standard, the official
 settings: advprune.autoattack) on the first n samples of a set.
 
-A sample counts as robust only if no attack broke it: with PGD restarts, every restart must leave
-it correctly classified; with AutoAttack, every stage.
+A sample counts as robust only if no attack broke it: with PGD, no iterate of any restart may
+misclassify it (attacks.pgd_robust, which stops attacking a sample once it is broken); with
+AutoAttack, every stage must leave it correctly classified.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _pgd_counts(model, x, y, attack, eps, step_size, steps, norm, restarts, batc
         with torch.no_grad():
             clean += int((model(xb).argmax(1) == yb).sum())
         if attack == "pgd":
-            x_adv = attacks.pgd(
+            flags = attacks.pgd_robust(
                 model,
                 xb,
                 yb,
@@ -109,8 +110,7 @@ def _pgd_counts(model, x, y, attack, eps, step_size, steps, norm, restarts, batc
                 restarts=restarts,
                 generator=generator,
             )
-            with torch.no_grad():
-                robust += int((model(x_adv).argmax(1) == yb).sum())
+            robust += int(flags.sum())
     return clean, robust
 
 

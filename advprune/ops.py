@@ -154,16 +154,19 @@ def project_(
     return x_adv
 
 
-def sample_scores(logits: torch.Tensor, labels: torch.Tensor) -> SampleScores:
+def sample_scores(logits: torch.Tensor, labels: torch.Tensor, *, check_labels: bool = True) -> SampleScores:
     """Per-sample loss, margin, EL2N, entropy, confidence (float32) and correct (bool) of [N, C] logits.
 
     One fused pass per row, max-subtracted, accumulated in float32 (float64 for
     float64 logits). Not differentiable: these are scores, not a training loss.
+    check_labels=False skips the label range check, a device sync on a GPU, for callers whose labels
+    are known to lie in [0, C) (the Trainer's, which its loss has checked); an out-of-range label then
+    scores as no class (loss inf, correct False) and is never read past its row.
     """
     _checks.check_tensor_args("advprune.sample_scores", logits=logits, labels=labels)
     if not _EXT:
         return reference.sample_scores(logits, labels)
-    return SampleScores(*torch.ops.advprune.sample_scores(logits, labels))
+    return SampleScores(*torch.ops.advprune.sample_scores(logits, labels, check_labels=check_labels))
 
 
 def kl_rows(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -187,7 +190,7 @@ if _EXT:
         _checks.check_pgd("advprune.project_", x_adv, None, x_nat, eps, None, norm, clip_min, clip_max)
 
     @torch.library.register_fake("advprune::sample_scores")
-    def _sample_scores_fake(logits, labels):
+    def _sample_scores_fake(logits, labels, *, check_labels=True):
         _checks.check_scores(logits, labels, check_values=False)
         n = logits.shape[0]
         floats = [logits.new_empty((n,), dtype=torch.float32) for _ in range(5)]

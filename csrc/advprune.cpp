@@ -23,8 +23,11 @@ TORCH_LIBRARY(advprune, m) {
       "project_(Tensor(a!) x_adv, Tensor x_nat, *, float eps, str norm=\"linf\", "
       "float clip_min=0., float clip_max=1.) -> ()");
   // Per-sample cross-entropy, margin, EL2N, entropy, confidence (float32) and correct (bool).
+  // check_labels=False skips the label range check (a device sync on CUDA) for callers whose labels
+  // are known to be valid; an out-of-range label then scores as no class: loss inf, correct false.
   m.def(
-      "sample_scores(Tensor logits, Tensor labels) -> (Tensor loss, Tensor margin, Tensor el2n, "
+      "sample_scores(Tensor logits, Tensor labels, *, bool check_labels=True) -> (Tensor loss, "
+      "Tensor margin, Tensor el2n, "
       "Tensor entropy, Tensor confidence, Tensor correct)");
   // Per-row KL(softmax(p) || softmax(q)) and its gradients to p and q.
   m.def("kl_rows(Tensor logits_p, Tensor logits_q) -> Tensor");

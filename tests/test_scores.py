@@ -74,3 +74,27 @@ def test_scores_are_a_named_tuple(device):
     got = ops.sample_scores(logits, labels)
     assert isinstance(got, ops.SampleScores)
     assert got._fields == (*FIELDS, "correct")
+
+
+@pytest.mark.parametrize("c", [3, 10, 128, 129, 1000])  # the lane path (C <= 128) and the row path
+def test_unchecked_labels_out_of_range_score_as_no_class(device, c):
+    """check_labels=False skips the range check (a GPU sync); a bad label must then neither read outside its
+    row nor disturb the other rows: it scores as no class (loss inf, confidence ~0, correct False)."""
+    gen = torch.Generator().manual_seed(c + 7)
+    logits, labels = logits_and_labels(40, c, torch.float32, device, generator=gen)
+    bad = torch.arange(0, 40, 5, device=device)
+    labels[bad] = torch.tensor([-1, c, c + 7, -(2**40), 2**40, -c, c + 1, 2**62], device=device)
+    with pytest.raises(ValueError, match=rf"labels must lie in \[0, {c}\)"):
+        ops.sample_scores(logits, labels)
+    for got in (
+        ops.sample_scores(logits, labels, check_labels=False),
+        ops.SampleScores(*torch.ops.advprune.sample_scores(logits, labels, check_labels=False)),
+    ):
+        good = torch.ones(40, dtype=torch.bool, device=device)
+        good[bad] = False
+        want = reference.sample_scores(logits[good].double(), labels[good])
+        for field in FIELDS:
+            assert_close_rel(getattr(got, field)[good], getattr(want, field), 1e-6)
+        assert torch.equal(got.correct[good].cpu(), want.correct.cpu())
+        assert torch.isinf(got.loss[bad]).all() and (got.loss[bad] > 0).all()
+        assert (got.confidence[bad] < 1e-30).all() and not got.correct[bad].any()

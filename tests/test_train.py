@@ -104,6 +104,35 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, fashion):
         t.fit(loader(train))
 
 
+def test_a_nan_loss_read_at_the_end_of_the_epoch_still_stops_before_any_checkpoint(tmp_path, fashion):
+    """On a GPU the finite-loss flag is read every FINITE_CHECK_EVERY steps, not every step (no host sync):
+    a diverged epoch must still stop before its checkpoint is written."""
+    train, _ = fashion
+    t = trainer(tmp_path, epochs=1, lr=1e30, lr_schedule="constant")
+    t.step.check_every = 10**6
+    with pytest.raises(TrainingDiverged, match=r"NaN or Inf at epoch 0 \(within its last [1-9]\d* steps"):
+        t.fit(loader(train))
+    assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_training_step_never_waits_for_the_gpu(tmp_path, fashion):
+    """No host sync inside a step (metrics stay on the device, the finite-loss flag is read every
+    FINITE_CHECK_EVERY steps): torch.cuda's sync debug mode turns any sync into an error."""
+    train, _ = fashion
+    t = trainer(tmp_path, epochs=1, device="cuda")
+    x, y, ids = next(iter(make_loader(train, batch_size=64, device="cuda")))
+    timing = {"attack": 0.0, "update": 0.0, "scoring": 0.0}
+    step = dict(generator=None, weights=None, batch_size=64, observers=[], timing=timing, epoch=0)
+    t.step(x, y, ids, **step)  # warm-up: allocations and the first launches may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        t.step(x, y, ids, **step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_catastrophic_overfitting_guard(tmp_path, fashion, monkeypatch):
     train, val = fashion
     t = trainer(tmp_path, epochs=3, attack="fgsm_rs", step_size=0.125)
@@ -179,3 +208,22 @@ def test_sigkill_mid_epoch_resumes_from_an_intact_checkpoint(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r["epoch"] for r in records if "epoch" in r]
     assert epochs == list(range(6))  # each epoch recorded once: the killed one ran again from its start
+
+
+def test_compiled_model_trains_as_the_eager_one(tmp_path, fashion):
+    """RunConfig(compile=True) (`advprune train --compile`): the attack and the update run through
+    torch.compile's graphs (dynamo compiled frames), and a short run ends where the eager run ends, up to
+    the compiler's float reordering (a few steps: too few for PGD's sign to amplify it)."""
+    import torch._dynamo
+
+    train, _ = fashion
+    small = from_arrays(train.images[:192], train.labels[:192])
+    eager = trainer(tmp_path / "eager", epochs=1)
+    eager.fit(make_loader(small, batch_size=64, seed=0))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = trainer(tmp_path / "compiled", epochs=1, compile=True)
+    compiled.fit(make_loader(small, batch_size=64, seed=0))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values(), strict=True):
+        assert not torch.equal(a, torch.zeros_like(a)) and (a - b).abs().max() <= 1e-3 * a.abs().max(), name

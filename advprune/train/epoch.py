@@ -77,7 +77,9 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
     observers = [h for h in (t.pruner, *t.trackers) if h is not None]
     batch_size, lr = loader_batch_size(train), t.schedule.lr_at(epoch)
     memory_format = t.memory_format or torch.preserve_format
-    samples, loss_sum, correct, steps = 0, 0.0, 0, 0
+    samples, steps = 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)  # kept on the device: read once per epoch
+    correct = torch.zeros((), dtype=torch.int64, device=t.device)
     start = tick = time.perf_counter()
     for steps, batch in enumerate(_progress(train, epoch, steps_in_epoch, t.folder.quiet), start=1):
         x, y, ids = unpack_batch(batch)
@@ -97,13 +99,16 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
             timing=timing,
             epoch=epoch,
         )
-        samples, loss_sum = samples + len(y), loss_sum + float(per_sample.sum())
-        correct += int((logits.argmax(1) == y).sum())
+        samples += len(y)
+        loss_sum += per_sample.sum(dtype=torch.float64)
+        correct += (logits.argmax(1) == y).sum()
         tick = time.perf_counter()
+    t.step.check_finite(epoch)
     t.steps_per_epoch = steps or t.steps_per_epoch
     elapsed = [time.perf_counter() - start, scoring_pass_seconds, *timing.values()]
     seconds = t.world.max(torch.tensor(elapsed, dtype=torch.float64)).tolist()
-    samples, loss_sum, correct = t.world.sum(torch.tensor([samples, loss_sum, correct], dtype=torch.float64)).tolist()
+    totals = torch.tensor([samples, float(loss_sum), int(correct)], dtype=torch.float64)
+    samples, loss_sum, correct = t.world.sum(totals).tolist()
     record = {
         "epoch": epoch,
         "seconds": seconds[0],

@@ -23,6 +23,8 @@ from advprune.distributed import World
 from advprune.pruning.protocol import BatchObserver
 from advprune.train.config import AttackConfig
 
+FINITE_CHECK_EVERY = 50  # steps between reads of the finite-loss flag on a GPU
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf: the run stopped, its last good checkpoint is kept."""
@@ -53,6 +55,21 @@ class AdversarialStep:
             world,
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # a NaN or Inf loss since the last read
+        self._unchecked = 0
+        self.check_every = 1 if device.type == "cpu" else FINITE_CHECK_EVERY
+
+    def check_finite(self, epoch: int) -> None:
+        """Reads the finite-loss flag (a host sync on a GPU, hence every `check_every` steps and at the end of
+        each epoch) and stops the run if a loss since the last read was NaN or Inf. On the CPU, where a read is
+        free, every step is checked before its update; on a GPU a diverged step may update the weights in
+        memory, but the run stops before the epoch ends, so no checkpoint is written from them."""
+        steps, self._unchecked = self._unchecked, 0
+        if bool(self._nonfinite):
+            raise TrainingDiverged(
+                f"the training loss became NaN or Inf at epoch {epoch} (within its last {max(steps, 1)} steps): "
+                "lower the learning rate or use amp=None; the last good checkpoint is kept"
+            )
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -100,18 +117,18 @@ class AdversarialStep:
                 per_sample = F.cross_entropy(logits.float(), y, reduction="none")
         weighted = per_sample * weights.to(per_sample) if weights is not None else per_sample
         loss = weighted.sum() / max(batch_size or 0, len(y))
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the training loss became {loss.item()} at epoch {epoch}: lower the learning rate or use amp=None; "
-                "the last good checkpoint is kept"
-            )
+        self._nonfinite |= ~torch.isfinite(loss)  # on the device: no host sync
+        self._unchecked += 1
+        if self._unchecked >= self.check_every:
+            self.check_finite(epoch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         t2 = time.perf_counter()
         if observers:
-            self._observe(observers, ids, ops.sample_scores(logits.detach(), y), per_sample.detach())
+            scores = ops.sample_scores(logits.detach(), y, check_labels=False)  # the loss has checked y: no sync
+            self._observe(observers, ids, scores, per_sample.detach())
         timing["attack"] += t1 - t0
         timing["update"] += t2 - t1
         timing["scoring"] += time.perf_counter() - t2

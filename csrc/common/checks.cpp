@@ -109,7 +109,7 @@ void finish_pgd(const at::Tensor& x_adv, const PgdOperands& operands) {
   if (operands.write_back) x_adv.copy_(operands.x);
 }
 
-void check_scores_args(const at::Tensor& logits, const at::Tensor& labels) {
+void check_scores_args(const at::Tensor& logits, const at::Tensor& labels, bool check_labels) {
   constexpr const char* op = "advprune.sample_scores";
   check_float_tensor(op, "logits", logits);
   TORCH_CHECK_VALUE(logits.dim() == 2, op, ": logits must be 2-D [N, C], got shape ",
@@ -124,7 +124,7 @@ void check_scores_args(const at::Tensor& logits, const at::Tensor& labels) {
                     logits.sizes(), ", got ", labels.sizes());
   TORCH_CHECK_VALUE(labels.device() == logits.device(), op, ": labels are on ", labels.device(),
                     " but logits are on ", logits.device());
-  if (labels.numel() > 0) {
+  if (check_labels && labels.numel() > 0) {
     // One small reduction (a device sync on CUDA) buys a clear error instead of
     // a device-side assert that would end the CUDA context.
     auto [lo, hi] = at::aminmax(labels);

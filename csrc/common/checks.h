@@ -43,7 +43,7 @@ PgdOperands prepare_pgd(const at::Tensor& x_adv, const std::optional<at::Tensor>
 void finish_pgd(const at::Tensor& x_adv, const PgdOperands& operands);
 
 // logits [N, C] floating with C >= 2, labels int64 [N] in [0, C), same device.
-void check_scores_args(const at::Tensor& logits, const at::Tensor& labels);
+void check_scores_args(const at::Tensor& logits, const at::Tensor& labels, bool check_labels);
 
 // Two floating [N, C] logit tensors of the same shape, dtype and device, C >= 2.
 void check_kl_args(const char* op, const at::Tensor& logits_p, const at::Tensor& logits_q);

@@ -40,7 +40,9 @@ void score_row_group(const A* z, const int64_t* labels, int64_t rows, int64_t c,
   alignas(64) A col[kMaxLaneClasses][W];
   alignas(64) A yf[W];
   for (int64_t r = 0; r < W; ++r) {
-    yf[r] = r < rows ? static_cast<A>(labels[r]) : A(-1);
+    const int64_t label = r < rows ? labels[r] : -1;
+    // a label outside [0, c) (padding, unchecked callers) matches no column and no argmax
+    yf[r] = label >= 0 && label < c ? static_cast<A>(label) : static_cast<A>(c);
     for (int64_t j = 0; j < c; ++j) col[j][r] = r < rows ? z[r * c + j] : A(0);
   }
   const V y = V::loadu(yf), minus_inf(-std::numeric_limits<A>::infinity()), none(A(-1));
@@ -125,17 +127,22 @@ void add_exp_range(Vec<A>& se, Vec<A>& se2, Vec<A>& set, const A* z, int64_t n, 
 }
 
 // Many classes: one row at a time, each pass a vector sweep of the row (in L1).
+// A label outside [0, c) (unchecked callers only) scores as no class: z_y = -inf, every logit
+// in the sums, as the lane path and the CUDA kernel do, and nothing is read out of the row.
 template <typename A>
 void score_row(const A* z, int64_t y, int64_t c, int64_t i, const Outputs& out) {
+  const bool has_label = y >= 0 && y < c;
+  const int64_t before = has_label ? y : c;          // the logits before the label's
+  const int64_t after = has_label ? c - y - 1 : 0;   // and after it
   math::RowMax<A> m;
-  m.z_y = z[y];
-  m.other_max = std::max(range_max(z, y), range_max(z + y + 1, c - y - 1));
+  m.z_y = has_label ? z[y] : -std::numeric_limits<A>::infinity();
+  m.other_max = after > 0 ? std::max(range_max(z, before), range_max(z + y + 1, after)) : range_max(z, before);
   m.max = math::maximum(m.other_max, m.z_y);
   m.argmax = first_index_of(z, c, m.max);
   const Vec<A> zero(A(0)), max(m.max);
   Vec<A> se = zero, se2 = zero, set = zero;
-  add_exp_range(se, se2, set, z, y, max);
-  add_exp_range(se, se2, set, z + y + 1, c - y - 1, max);
+  add_exp_range(se, se2, set, z, before, max);
+  if (after > 0) add_exp_range(se, se2, set, z + y + 1, after, max);
   const math::RowSums<A> s{lane_sum(se), lane_sum(se2), lane_sum(set)};
   const auto r = math::row_scores(m, s, y);
   out.loss[i] = static_cast<float>(r.loss);
@@ -173,8 +180,8 @@ void scores_kernel(const at::Tensor& logits, const at::Tensor& labels, const Out
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-sample_scores_cpu(const at::Tensor& logits_in, const at::Tensor& labels_in) {
-  check_scores_args(logits_in, labels_in);
+sample_scores_cpu(const at::Tensor& logits_in, const at::Tensor& labels_in, bool check_labels) {
+  check_scores_args(logits_in, labels_in, check_labels);
   TORCH_CHECK_VALUE(logits_in.device().is_cpu(), "advprune.sample_scores: the CPU kernel got logits on ",
                     logits_in.device());
   const at::Tensor logits = logits_in.contiguous();

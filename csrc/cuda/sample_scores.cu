@@ -70,8 +70,8 @@ __global__ void scores_kernel(const scalar_t* __restrict__ logits, const int64_t
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-sample_scores_cuda(const at::Tensor& logits_in, const at::Tensor& labels_in) {
-  check_scores_args(logits_in, labels_in);
+sample_scores_cuda(const at::Tensor& logits_in, const at::Tensor& labels_in, bool check_labels) {
+  check_scores_args(logits_in, labels_in, check_labels);
   TORCH_CHECK_VALUE(logits_in.is_cuda(), "advprune.sample_scores: the CUDA kernel got logits on ",
                     logits_in.device());
   const c10::cuda::CUDAGuard guard(logits_in.device());

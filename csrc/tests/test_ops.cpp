@@ -38,11 +38,11 @@ void test_pgd_step() {
 void test_sample_scores() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("advprune::sample_scores", "")
-                .typed<Scores(const at::Tensor&, const at::Tensor&)>();
+                .typed<Scores(const at::Tensor&, const at::Tensor&, bool)>();
   for (int64_t c : {3, 10, 100, 1000}) {
     const at::Tensor logits = 3 * at::randn({97, c});
     const at::Tensor labels = at::randint(0, c, {97}, at::kLong);
-    const auto [loss, margin, el2n, entropy, confidence, correct] = op.call(logits, labels);
+    const auto [loss, margin, el2n, entropy, confidence, correct] = op.call(logits, labels, true);
     const at::Tensor want_loss = at::cross_entropy_loss(logits, labels, {}, at::Reduction::None);
     CHECK(max_abs_diff(loss, want_loss) < 1e-5);
     const at::Tensor p = at::softmax(logits, 1);
@@ -65,10 +65,10 @@ void test_kl_rows() {
 void test_errors_name_what_was_received() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("advprune::sample_scores", "")
-                .typed<Scores(const at::Tensor&, const at::Tensor&)>();
+                .typed<Scores(const at::Tensor&, const at::Tensor&, bool)>();
   bool raised = false;
   try {
-    op.call(at::randn({4, 5}), at::full({4}, 7, at::kLong));
+    op.call(at::randn({4, 5}), at::full({4}, 7, at::kLong), true);
   } catch (const c10::ValueError& e) {
     raised = std::string(e.what()).find("labels must lie in [0, 5), got values from 7 to 7") != std::string::npos;
   }
