@@ -227,3 +227,18 @@ def test_compiled_model_trains_as_the_eager_one(tmp_path, fashion):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values(), strict=True):
         assert not torch.equal(a, torch.zeros_like(a)) and (a - b).abs().max() <= 1e-3 * a.abs().max(), name
+
+
+def test_the_compiled_attack_sees_the_parameters_as_constants():
+    """A compiled backward computes every gradient its graph was traced with: the attack's graph must hold
+    the weights as constants, or each attack step pays for weight gradients nobody asked for."""
+    from advprune.train.placement import InputGradientOnly
+
+    torch.manual_seed(0)
+    model = models.create("small-cnn").eval()
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    wrapped = InputGradientOnly(model)
+    out = wrapped(x)
+    assert torch.equal(out, model(x))
+    assert torch.allclose(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(model(x).sum(), x)[0])
+    assert all(g is None for g in torch.autograd.grad(out.sum(), list(model.parameters()), allow_unused=True))
