@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup build run test test-cpp test-py wheel-check bench bench-loaders bench-prune lint clean
+.PHONY: setup build run test test-cpp test-py wheel-check gpu-check-dry gpu-check gpu-carry bench bench-loaders bench-prune lint clean
 
 setup:
 	bash scripts/setup.sh
@@ -16,7 +16,7 @@ run: setup
 		--epochs 5 --limit 20000 --batch-size 128 --out $(RUN_DIR)-$$(date +%Y%m%d-%H%M%S)
 
 # Lint, the C++ unit tests (ctest), the Python suite, and the wheel installed outside the source tree.
-test: setup lint test-cpp test-py wheel-check
+test: setup lint test-cpp test-py wheel-check gpu-check-dry
 
 test-cpp:
 	bash scripts/cmake_test.sh
@@ -27,6 +27,18 @@ test-py:
 # Build the wheel, install it into a fresh venv outside the source tree, import everything, train and evaluate.
 wheel-check:
 	bash scripts/wheel_check.sh
+
+# The GPU check: on a GPU machine (its own python3 and PyTorch), one command that builds, tests and measures;
+# its results go to $OUT. gpu-carry prepares what that machine cannot download; the dry run (CPU) keeps it working.
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) scripts/gpu_check.py --out "$${OUT:-gpu-check-out}"
+
+gpu-check-dry:
+	$(PY) scripts/gpu_check.py --dry-run --out "$${TMPDIR:-/tmp}/advprune-gpu-check-dry"
+
+gpu-carry: setup
+	$(PY) scripts/gpu_carry.py
 
 bench: setup
 	$(PY) bench/ops.py
@@ -39,8 +51,8 @@ bench-prune: setup
 	$(PY) bench/prune.py
 
 lint:
-	$(VENV)/bin/ruff check advprune tests bench build_tools setup.py
-	$(VENV)/bin/ruff format --check advprune tests bench build_tools setup.py
+	$(VENV)/bin/ruff check advprune tests bench build_tools scripts setup.py
+	$(VENV)/bin/ruff format --check advprune tests bench build_tools scripts setup.py
 
 clean:
 	rm -rf build cmake-build cmake-build.configure.log advprune/_C*.so advprune/_build_config.py *.egg-info

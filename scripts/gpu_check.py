@@ -1,0 +1,314 @@
+"""The GPU check (`make gpu-check`): on a machine with a CUDA GPU, in one command of about ten minutes, it
+builds advprune against the PyTorch it finds, runs the CUDA tests, the op benchmark (percent of the
+measured copy bandwidth), an attack benchmark in bfloat16, and a short CIFAR-10 run (PreActResNet-18,
+FGSM-RS at 8/255, full data and random 0.2; its epochs are the training benchmark), and writes
+gpu_check.json and gpu_check.md to --out ($OUT on a device machine).
+
+A GPU machine may have another PyTorch and Python than this one, no ffcv, no torchattacks and no
+internet: the build uses the PyTorch it finds, the loaders are the in-memory ones, and data and wheels
+come from gpu-carry/ (`make gpu-carry`). `--dry-run` runs every step on the CPU with tiny sizes and
+synthetic data where the carried data are missing (CI runs it), so that the script cannot rot before a
+GPU is there. A step that fails is recorded with the end of its output; the others still run.
+
+    python3 scripts/gpu_check.py --out "$OUT" [--dry-run] [--carry gpu-carry]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA_TESTS = [
+    "test_dispatch",
+    "test_errors",
+    "test_kl",
+    "test_pgd",
+    "test_scores",
+    "test_train",
+    "test_trainer_options",
+]
+
+
+class Check:
+    """The steps' results, in order, and the machine they ran on."""
+
+    def __init__(self, out: Path, dry_run: bool, carry: Path) -> None:
+        self.out, self.dry_run, self.carry = out, dry_run, carry
+        self.device = "cpu" if dry_run else "cuda"
+        self.steps: list[dict] = []
+
+    def run(self, name: str, fn) -> None:
+        start = time.perf_counter()
+        try:
+            result = {"name": name, "ok": True, **fn(self)}
+        except Exception as error:
+            result = {"name": name, "ok": False, "error": f"{type(error).__name__}: {error}"[-4000:]}
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        self.steps.append(result)
+        print(f"== {name}: {'ok' if result['ok'] else 'FAILED'} in {result['seconds']} s", flush=True)
+
+
+def shell(command: list[str], timeout: float, **kwargs) -> str:
+    """Runs a command from the repository root; its output, or an error with the end of it."""
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs)
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{output[-3000:]}")
+    return output
+
+
+# ---------------------------------------------------------------- steps
+
+
+def environment(check: Check) -> dict:
+    import torch
+
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "dry_run": check.dry_run}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", memory_gib=props.total_memory / 2**30)
+    elif not check.dry_run:
+        raise RuntimeError("no CUDA device: run with --dry-run on a machine without a GPU")
+    return info
+
+
+def build(check: Check) -> dict:
+    wheels = check.carry / "wheels"
+    if not check.dry_run:
+        if wheels.is_dir() and any(wheels.glob("*.whl")):
+            shell(
+                [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *map(str, wheels.glob("*.whl"))],
+                600,
+            )
+        shell([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."], 900)
+    sys.path.insert(0, str(ROOT))
+    import advprune
+
+    info = advprune.build_info()
+    if not info["extension_loaded"] or (not check.dry_run and not info["cuda_compiled"]):
+        raise RuntimeError(f"the build did not load its kernels: {info}")
+    return {"build": info}
+
+
+def fashion_mnist(check: Check) -> dict:
+    """The Trainer's CUDA tests read Fashion-MNIST from its Debian path: install the carried subset there."""
+    target, carried = Path("/usr/share/datasets/fashion-mnist"), check.carry / "fashion-mnist"
+    if target.is_dir():
+        return {"fashion_mnist": f"{target} (already there)"}
+    if check.dry_run or not carried.is_dir():
+        return {"fashion_mnist": "absent: the Trainer's CUDA tests will skip"}
+    shutil.copytree(carried, target)
+    return {"fashion_mnist": f"{carried} copied to {target}"}
+
+
+def cuda_tests(check: Check) -> dict:
+    files = [f"tests/{name}.py" for name in CUDA_TESTS]
+    selection = [sys.executable, "-m", "pytest", *files, "-q", "-k", "cuda or gpu", "-p", "no:cacheprovider"]
+    if check.dry_run:
+        output = shell([*selection, "--collect-only"], 600)
+        collected = sum(1 for line in output.splitlines() if "::" in line)
+        if collected == 0:
+            raise RuntimeError("the CUDA test selection collected nothing")
+        return {"collected": collected}
+    output = shell(selection, 900)
+    return {"summary": output.strip().splitlines()[-1]}
+
+
+def op_benchmark(check: Check) -> dict:
+    out = check.out / "ops.json"
+    quick = ["--quick", "--reps", "3"] if check.dry_run else []
+    shell([sys.executable, "bench/ops.py", "--device", check.device, "--out", str(out), *quick], 900)
+    rows = json.loads(out.read_text())["rows"]
+    keep = ("op", "shape", "dtype", "advprune_ms", "speedup_vs_eager", "speedup_vs_compile")
+    return {
+        "ops": [{**{k: r[k] for k in keep}, "percent_of_copy": 100 * r["fraction_of_copy_bandwidth"]} for r in rows]
+    }
+
+
+def attack_benchmark(check: Check) -> dict:
+    """PGD-10 on PreActResNet-18, a batch of 512 CIFAR-sized images, bfloat16 autocast, channels_last:
+    advprune.attacks.pgd against the same attack written plainly (as torchattacks writes it), in one run."""
+    import torch
+    import torch.nn.functional as F
+
+    from advprune import attacks, models
+
+    n, steps, repeats = (16, 2, 2) if check.dry_run else (512, 10, 10)
+    torch.manual_seed(0)
+    model = models.create("preact-resnet18", 10).to(check.device, memory_format=torch.channels_last).eval()
+    x = torch.rand(n, 3, 32, 32, device=check.device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (n,), device=check.device)
+    eps, alpha = 8 / 255, 2 / 255
+
+    def plain():
+        x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(model(x_adv).float(), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+        return x_adv
+
+    def ours():
+        return attacks.pgd(model, x, y, eps=eps, step_size=alpha, steps=steps)
+
+    timings = {}
+    with torch.autocast(check.device, dtype=torch.bfloat16):
+        for name, fn in (("plain", plain), ("advprune", ours)):
+            fn()
+            seconds = []
+            for _ in range(repeats):
+                if check.device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                fn()
+                if check.device == "cuda":
+                    torch.cuda.synchronize()
+                seconds.append(time.perf_counter() - start)
+            timings[name] = statistics.median(seconds)
+    return {
+        "attack": {
+            "batch": n,
+            "steps": steps,
+            "plain_s": timings["plain"],
+            "advprune_s": timings["advprune"],
+            "ratio": timings["advprune"] / timings["plain"],
+            "advprune_images_per_s": n / timings["advprune"],
+        }
+    }
+
+
+def cifar10_data(check: Check) -> Path:
+    """The official python-version folder: decoded from the carried JPEG copy, or (dry run without it) a
+    tiny synthetic set in the same format."""
+    root = check.out / "cifar10"
+    if (root / "cifar-10-batches-py").is_dir():
+        return root
+    carried = check.carry / "to_python_version.py"
+    if carried.exists():
+        shell([sys.executable, str(carried), str(root)], 600)
+        return root
+    if not check.dry_run:
+        raise RuntimeError(f"{carried} is missing: run `make gpu-carry` and carry gpu-carry/")
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {b"data": rng.integers(0, 256, (64, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 64).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    labels = {b"label_names": [f"class{i}".encode() for i in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(labels, protocol=2))
+    return root
+
+
+def cifar10_runs(check: Check) -> dict:
+    data = cifar10_data(check)
+    size = ["--limit", "256", "--epochs", "1", "--val-n", "32", "--eval-n", "32"] if check.dry_run else [
+        "--epochs", "3", "--val-n", "1000", "--eval-n", "1000", "--val-every", "3"]  # fmt: skip
+    runs = {}
+    for name, prune in (("full", []), ("random-0.2", ["--prune", "random:0.2"])):
+        out = check.out / "runs" / name
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, "-m", "advprune", "train", "--dataset", "cifar10", "--data-dir", str(data),
+                   "--model", "preact-resnet18", "--attack", "fgsm_rs", "--eps", "8/255", "--batch-size", "512",
+                   "--lr", "0.2", "--lr-schedule", "onecycle", "--device", check.device, "--out", str(out),
+                   "--quiet", *size, *prune]  # fmt: skip
+        start = time.perf_counter()
+        shell(command, 900)
+        wall = time.perf_counter() - start
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        epochs = [r for r in records if "epoch" in r and "event" not in r]
+        steady = epochs[1:] or epochs
+        result = json.loads((out / "eval.json").read_text())
+        runs[name] = {
+            "wall_s": wall,
+            "epoch_s": [r["seconds"] for r in epochs],
+            "images_per_s": statistics.median(r["samples"] / r["seconds"] for r in steady),
+            "clean_acc": result["clean_acc"],
+            "robust_acc": result.get("robust_acc"),
+            "eval": {k: result[k] for k in ("n", "attack", "steps") if k in result},
+        }
+    runs["random_0.2_over_full_wall"] = runs["random-0.2"]["wall_s"] / runs["full"]["wall_s"]
+    return {"cifar10": runs}
+
+
+# ---------------------------------------------------------------- report
+
+
+def markdown(check: Check) -> str:
+    lines = ["# advprune GPU check", ""]
+    env = next((s for s in check.steps if s["name"] == "environment"), {})
+    lines.append(f"{env.get('gpu', 'no GPU (dry run)')}, torch {env.get('torch')}, Python {env.get('python')}")
+    lines += ["", "| step | result | seconds |", "| --- | --- | ---: |"]
+    for step in check.steps:
+        lines.append(
+            f"| {step['name']} | {'ok' if step['ok'] else 'FAILED: ' + step['error'][:200]} | {step['seconds']} |"
+        )
+    for step in check.steps:
+        if step.get("ops"):
+            lines += ["", "| op | shape | dtype | ms | vs eager | vs compile | % of copy bandwidth |"]
+            lines.append("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+            for r in step["ops"]:
+                shape = "x".join(map(str, r["shape"]))
+                lines.append(
+                    f"| {r['op']} | {shape} | {r['dtype']} | {r['advprune_ms']:.3f} | {r['speedup_vs_eager']:.1f}x "
+                    f"| {r['speedup_vs_compile']:.2f}x | {r['percent_of_copy']:.0f}% |"
+                )
+        if step.get("attack"):
+            a = step["attack"]
+            lines += ["", f"PGD-{a['steps']} on PreActResNet-18, batch {a['batch']}, bfloat16: plain "
+                      f"{a['plain_s'] * 1e3:.1f} ms, advprune {a['advprune_s'] * 1e3:.1f} ms ({a['ratio']:.2f}x, "
+                      f"{a['advprune_images_per_s']:.0f} images/s)"]  # fmt: skip
+        if step.get("cifar10"):
+            lines += ["", "| CIFAR-10 run | images/s | epoch seconds | wall s | clean | robust |"]
+            lines.append("| --- | ---: | --- | ---: | ---: | ---: |")
+            for name, r in step["cifar10"].items():
+                if isinstance(r, dict):
+                    robust = "-" if r["robust_acc"] is None else f"{100 * r['robust_acc']:.1f}%"
+                    epochs = ", ".join(f"{s:.1f}" for s in r["epoch_s"])
+                    lines.append(
+                        f"| {name} | {r['images_per_s']:.0f} | {epochs} | {r['wall_s']:.0f} "
+                        f"| {100 * r['clean_acc']:.1f}% | {robust} |"
+                    )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check-out"))
+    parser.add_argument("--carry", default=str(ROOT / "gpu-carry"))
+    parser.add_argument("--dry-run", action="store_true", help="every step on the CPU with tiny sizes (CI)")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    check = Check(out, args.dry_run, Path(args.carry).resolve())
+    for name, fn in (
+        ("environment", environment),
+        ("build", build),
+        ("fashion-mnist", fashion_mnist),
+        ("cuda tests", cuda_tests),
+        ("op benchmark", op_benchmark),
+        ("attack benchmark", attack_benchmark),
+        ("cifar-10 runs", cifar10_runs),
+    ):
+        check.run(name, fn)
+    (out / "gpu_check.json").write_text(json.dumps(check.steps, indent=1, default=str))
+    (out / "gpu_check.md").write_text(markdown(check))
+    print(markdown(check))
+    sys.exit(0 if all(step["ok"] for step in check.steps) else 1)
+
+
+if __name__ == "__main__":
+    main()
