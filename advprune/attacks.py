@@ -142,11 +142,7 @@ def pgd(
     updated; "train" or "keep" otherwise); the caller's mode is restored. Works under autocast
     (float16 included) and with channels_last inputs.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if steps < 0 or restarts < 1:
-        raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
-    check_images_and_labels("attacks.pgd", x, y)
+    _check_pgd_options("attacks.pgd", x, y, loss, steps, restarts)
     x = x.detach()
     attack = dict(eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start, loss=loss)
     with model_mode(model, mode):
@@ -190,11 +186,7 @@ def pgd_robust(
     attack spends its steps on the samples still robust only, and is at least as strong as judging
     the last iterate (attacks.pgd and torchattacks.PGD). Each restart attacks the samples no earlier
     restart broke. The model is in eval mode while attacking; the caller's mode is restored."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if steps < 0 or restarts < 1:
-        raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
-    check_images_and_labels("attacks.pgd_robust", x, y)
+    _check_pgd_options("attacks.pgd_robust", x, y, loss, steps, restarts)
     x = x.detach()
     with model_mode(model, "eval"):
         with torch.no_grad():
@@ -233,6 +225,14 @@ def _broken_by_any_iterate(model, x, y, eps, step_size, steps, norm, loss, noise
             x, x_adv = x[keep].contiguous(memory_format=fmt), x_adv[keep].contiguous(memory_format=fmt)
         ops.pgd_step_(x_adv, grad, x, eps=eps, step_size=step_size, norm=norm)
     return broken
+
+
+def _check_pgd_options(where: str, x, y, loss: str, steps: int, restarts: int) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    check_images_and_labels(where, x, y)
 
 
 def _pgd_run(model, x, y, *, eps, step_size, steps, norm, random_start, loss, generator) -> torch.Tensor:
