@@ -147,7 +147,14 @@ def test_train_with_a_static_spec(tmp_path, spec, extra, kept):
 @needs_fashion
 @pytest.mark.parametrize(
     "spec,warmup",
-    [("ccs:0.25", 1), ("el2n:0.25", 1), ("adv_loss:0.25", 1), ("easiest:0.25:margin", 1), ("forgetting:0.25", 2)],
+    [
+        ("ccs:0.25", 1),
+        ("el2n:0.25", 1),
+        ("adv_loss:0.25", 1),
+        ("easiest:0.25:margin", 1),
+        ("forgetting:0.25", 2),
+        ("low+high:0.25", 1),
+    ],
 )
 def test_train_scoring_in_the_run(tmp_path, spec, warmup):
     """Without --scores, the warm-up epochs train on the whole pool, then one scoring pass with the model as it
@@ -163,10 +170,13 @@ def test_train_scoring_in_the_run(tmp_path, spec, warmup):
     scores, _ = load_scores(tmp_path / "run" / "scores.npz")
     held_out = load_indices(tmp_path / "run" / "val_ids.npy", 512)
     assert len(kept) == 112 and not set(kept.tolist()) & set(held_out.tolist())
+    pool = torch.tensor(sorted(set(range(512)) - set(held_out.tolist())))
     if spec.startswith("el2n"):  # the hardest quarter of each class by the clean EL2N at the end of the warm-up
-        pool = torch.tensor(sorted(set(range(512)) - set(held_out.tolist())))
         assert scores["el2n"][kept].mean() > scores["el2n"][pool].mean()
         assert torch.isnan(scores["el2n"][held_out]).all()  # the held-out samples are not even scored
+    if spec.startswith("low+high"):  # both ends of each class by the adversarial loss: the pool's extremes too
+        loss = scores["adv_loss"][pool]
+        assert {int(pool[loss.argmax()]), int(pool[loss.argmin()])} <= set(kept.tolist())
     if spec.startswith("adv_loss"):
         assert (scores["adv_loss"][kept] >= scores["adv_loss"][kept].min()).all() and "loss" not in scores
 

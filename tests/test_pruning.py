@@ -58,7 +58,7 @@ def test_kept_count_rounds_half_up_and_refuses_keeping_none():
         kept_count(0.001, 100)
 
 
-@pytest.mark.parametrize("method", ["balanced", "hardest", "easiest", "ccs"])
+@pytest.mark.parametrize("method", ["balanced", "hardest", "easiest", "both-ends", "ccs"])
 def test_class_balanced_keeps_each_class_share(method):
     scores, _ = random_scores(1200, seed=5)
     labels = torch.cat([torch.full((600,), 0), torch.full((400,), 1), torch.full((200,), 2)])
@@ -83,6 +83,27 @@ def test_hardest_and_easiest_split_at_the_score():
     rest_easy = torch.ones(500, dtype=torch.bool)
     rest_easy[easy] = False
     assert scores[easy].max() <= scores[rest_easy].min()
+
+
+@pytest.mark.parametrize("n,fraction", [(500, 0.2), (501, 0.3), (7, 3 / 7), (40, 1.0)])
+def test_both_ends_keeps_the_hardest_half_and_the_easiest_half(n, fraction):
+    """The seed paper's low+high: ceil(k / 2) from the top of the ranking and floor(k / 2) from its bottom."""
+    scores, _ = random_scores(n, seed=n)
+    ids = select(scores, fraction, "both-ends")
+    k = kept_count(fraction, n)
+    ranked = torch.argsort(scores, descending=True)
+    expected = torch.cat([ranked[: k - k // 2], ranked[n - k // 2 :]])
+    assert len(ids) == k and torch.equal(ids, torch.sort(expected).values)
+
+
+def test_both_ends_inside_each_class():
+    scores, _ = random_scores(900, seed=4)
+    labels = torch.arange(900) % 3
+    ids = select(scores, 0.2, "both-ends", labels=labels, class_balanced=True)
+    for c in range(3):
+        members = torch.nonzero(labels == c).squeeze(1)
+        ranked = members[torch.argsort(scores[members], descending=True)]
+        assert sorted(ids[labels[ids] == c].tolist()) == sorted([*ranked[:30].tolist(), *ranked[-30:].tolist()])
 
 
 def test_ties_are_broken_by_the_seed_not_by_position():
@@ -293,6 +314,11 @@ def test_keep_hard_pruner_keeps_the_highest_losses_and_explores():
         ("forgetting:0.5", "hardest", 0.5, "forgetting"),
         ("ccs:0.3", "ccs", 0.3, "el2n"),
         ("easiest:0.3:margin", "easiest", 0.3, "margin"),
+        ("low:0.4", "easiest", 0.4, "adv_loss"),
+        ("high:0.4", "hardest", 0.4, "adv_loss"),
+        ("low+high:0.2", "both-ends", 0.2, "adv_loss"),
+        ("low+high:0.2:el2n", "both-ends", 0.2, "el2n"),
+        ("both-ends:0.3:adv_el2n", "both-ends", 0.3, "adv_el2n"),
         ("dynamic:0.5", "dynamic", 0.5, None),
         ("keep-hard:0.5", "keep-hard", 0.5, None),
     ],

@@ -15,7 +15,7 @@ import torch
 
 from advprune.ids import class_quotas
 
-METHODS = ("random", "balanced", "hardest", "easiest", "ccs")
+METHODS = ("random", "balanced", "hardest", "easiest", "both-ends", "ccs")
 EASY_IS_HIGH = ("margin", "confidence", "adv_margin", "adv_confidence")  # negated to rank hardest-first
 
 
@@ -75,6 +75,13 @@ def _ranked(scores: torch.Tensor, k: int, hardest: bool, generator: torch.Genera
     return shuffle[order[:k]]
 
 
+def _both_ends(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """The hardest ceil(k / 2) and the easiest floor(k / 2) (Kaufmann et al. 2022's low+high)."""
+    order = _ranked(scores, len(scores), hardest=True, generator=generator)
+    easy = k // 2
+    return torch.cat([order[: k - easy], order[len(order) - easy :]])
+
+
 def _random(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=generator)[:k]
 
@@ -124,8 +131,9 @@ def select(
 
     scores: one per sample, higher = harder (for random and balanced only its length counts; an
     int N works too). method: random; balanced (class-balanced random, needs labels); hardest /
-    easiest (the highest / lowest scores); ccs (coverage-centric: drop the hardest beta, default
-    0.1, then sample evenly across `strata` equal-width score strata). class_balanced=True (or
+    easiest (the highest / lowest scores); both-ends (half from each end: the paper's low+high);
+    ccs (coverage-centric: drop the hardest beta, default 0.1, then sample evenly across `strata`
+    equal-width score strata). class_balanced=True (or
     labels given to any method but random) applies the method inside each class, each class
     keeping the same fraction.
     """
@@ -151,6 +159,8 @@ def select(
             return _random(len(part), count, generator)
         if method == "ccs":
             return _ccs(part, count, generator, beta, strata)
+        if method == "both-ends":
+            return _both_ends(part, count, generator)
         return _ranked(part, count, hardest=method == "hardest", generator=generator)
 
     if not class_balanced:

@@ -1,6 +1,7 @@
 """Pruning specs as the command line writes them: `random:0.2`, `balanced:0.2`,
-`el2n:0.4`, `ccs:0.3`, `forgetting:0.5`, `dynamic:0.5`, `keep-hard:0.5`, and the
-general `hardest:0.4:SCORE`, `easiest:0.4:SCORE`, `ccs:0.3:SCORE`."""
+`el2n:0.4`, `ccs:0.3`, `forgetting:0.5`, `dynamic:0.5`, `keep-hard:0.5`, the seed paper's
+`low:0.4`, `high:0.4` and `low+high:0.4` (by the adversarial loss), and the general
+`hardest:0.4:SCORE`, `easiest:0.4:SCORE`, `both-ends:0.4:SCORE`, `ccs:0.3:SCORE`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from fractions import Fraction
 
 # names of scores that rank hardest-first by themselves (files from `advprune score` or a training run)
 SCORE_NAMES = ("el2n", "grand", "loss", "entropy", "forgetting", "adv_el2n", "adv_grand", "adv_loss", "adv_entropy")
-STATIC = ("random", "balanced", "hardest", "easiest", "ccs")
+STATIC = ("random", "balanced", "hardest", "easiest", "both-ends", "ccs")
+# the seed paper's names (Kaufmann et al. 2022), ranked by the adversarial loss unless a score is given
+PAPER_NAMES = {"low": "easiest", "high": "hardest", "low+high": "both-ends"}
 DYNAMIC = ("dynamic", "keep-hard")
 EXAMPLES = "random:0.2, balanced:0.2, el2n:0.4, ccs:0.3, forgetting:0.5, dynamic:0.5, keep-hard:0.5"
 
@@ -52,8 +55,10 @@ def parse_spec(text: str) -> PruneSpec:
         if score is not None:
             raise ValueError(f"prune spec {text!r}: {name} is the score already; write hardest:{value}:{score}")
         return PruneSpec("hardest", fraction, name)
+    if name in PAPER_NAMES:
+        name, score = PAPER_NAMES[name], score or "adv_loss"
     if name not in STATIC + DYNAMIC:
-        known = ", ".join(STATIC + DYNAMIC + SCORE_NAMES)
+        known = ", ".join((*STATIC, *PAPER_NAMES, *DYNAMIC, *SCORE_NAMES))
         raise ValueError(f"prune spec {text!r}: unknown method {name!r} (known: {known})")
     if name in ("random", "balanced", *DYNAMIC):
         if score is not None:
