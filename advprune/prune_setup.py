@@ -29,9 +29,10 @@ def score_model(
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    deepfool: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Clean scores of every sample, and with attack fgsm or pgd the same on adversarial inputs
-    under names prefixed adv_ (adv_el2n, adv_loss, ...)."""
+    """Clean scores of every sample (with deepfool=True its DeepFool distance too), and with attack fgsm
+    or pgd the same on adversarial inputs under names prefixed adv_ (adv_el2n, adv_loss, ...)."""
 
     def batches():
         return make_loader(
@@ -39,7 +40,7 @@ def score_model(
         )
 
     model = model.to(device)
-    scores = score_pass(model, batches(), len(data), device=device)
+    scores = score_pass(model, batches(), len(data), device=device, deepfool=deepfool)
     if attack != "none":
         adv = score_pass(model, batches(), len(data), attack=attack, eps=eps, steps=steps, seed=seed, device=device)
         scores.update({f"adv_{name}": values for name, values in adv.items()})

@@ -19,6 +19,7 @@ from torch import nn
 
 from advprune import attacks, ops
 from advprune._files import write_atomic
+from advprune.deepfool import deepfool_distance
 
 SCORING_ATTACKS = ("none", "fgsm", "pgd")
 FLOAT_SCORES = ("loss", "margin", "el2n", "entropy", "confidence")
@@ -95,13 +96,15 @@ def score_pass(
     device: str | torch.device | None = None,
     covering: torch.Tensor | None = None,
     norm: str = "linf",
+    deepfool: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Scores of every sample from one model in eval mode: loss, margin, el2n, entropy,
     confidence, correct (ops.sample_scores) and grand (el2n * sqrt(||h||^2 + 1), h the
     penultimate features, where the model has .features and .linear), on clean inputs
     (attack="none") or on FGSM-RS / PGD-`steps` examples. batches yields (x, y, ids); the
     results are [num_samples] tensors indexed by id, and must cover the ids `covering` (default:
-    all), NaN (False for correct) elsewhere."""
+    all), NaN (False for correct) elsewhere. deepfool=True adds each clean sample's DeepFool distance
+    to the decision boundary (advprune.deepfool; a forward and a backward per class per iteration)."""
     if attack not in SCORING_ATTACKS:
         raise ValueError(f"attack must be one of {SCORING_ATTACKS}, got {attack!r}")
     if attack != "none" and not eps > 0:
@@ -110,8 +113,8 @@ def score_pass(
     has_features = callable(getattr(model, "features", None)) and isinstance(getattr(model, "linear", None), nn.Linear)
     out = {name: torch.full((num_samples,), float("nan"), dtype=torch.float32) for name in FLOAT_SCORES}
     out["correct"] = torch.zeros(num_samples, dtype=torch.bool)
-    if has_features:
-        out["grand"] = torch.full((num_samples,), float("nan"), dtype=torch.float32)
+    for name in (["grand"] if has_features else []) + (["deepfool"] if deepfool else []):
+        out[name] = torch.full((num_samples,), float("nan"), dtype=torch.float32)
     covered = torch.zeros(num_samples, dtype=torch.bool)
     if attack == "fgsm" and norm != "linf":
         raise ValueError("FGSM scoring is linf only: score l2 models with attack='pgd'")
@@ -120,6 +123,8 @@ def score_pass(
         for x, y, ids in batches:
             x, y = x.to(device), y.to(device)
             ids = ids.to("cpu", torch.int64)
+            if deepfool:
+                out["deepfool"][ids] = deepfool_distance(model, x, y).cpu()
             with torch.enable_grad():
                 x = _scoring_inputs(model, x, y, attack, eps, steps, step_size, norm, generator)
             if has_features:

@@ -154,6 +154,7 @@ def test_train_with_a_static_spec(tmp_path, spec, extra, kept):
         ("easiest:0.25:margin", 1),
         ("forgetting:0.25", 2),
         ("low+high:0.25", 1),
+        ("deepfool:0.25", 1),
     ],
 )
 def test_train_scoring_in_the_run(tmp_path, spec, warmup):
@@ -174,6 +175,9 @@ def test_train_scoring_in_the_run(tmp_path, spec, warmup):
     if spec.startswith("el2n"):  # the hardest quarter of each class by the clean EL2N at the end of the warm-up
         assert scores["el2n"][kept].mean() > scores["el2n"][pool].mean()
         assert torch.isnan(scores["el2n"][held_out]).all()  # the held-out samples are not even scored
+    if spec.startswith("deepfool"):  # the quarter of each class nearest the boundary
+        assert scores["deepfool"][kept].mean() < scores["deepfool"][pool].mean()
+        assert torch.isnan(scores["deepfool"][held_out]).all()
     if spec.startswith("low+high"):  # both ends of each class by the adversarial loss: the pool's extremes too
         loss = scores["adv_loss"][pool]
         assert {int(pool[loss.argmax()]), int(pool[loss.argmin()])} <= set(kept.tolist())

@@ -123,8 +123,9 @@ class RunFactory:
             **hooks,
         )
 
-    def warmup_scores(self, epochs: int, seeds: int, attack: str):
-        """Scores averaged over `seeds` short runs of `epochs` epochs on the pool."""
+    def warmup_scores(self, epochs: int, seeds: int, attack: str, deepfool: bool = False):
+        """Scores averaged over `seeds` short runs of `epochs` epochs on the pool (deepfool: DeepFool distances
+        too)."""
         from advprune.prune_setup import warmup_scores
 
         if epochs < 1:
@@ -138,7 +139,13 @@ class RunFactory:
             return trainer.fit(self.loader(None, seed=run_seed)).model
 
         return warmup_scores(
-            train_briefly, self.data, seeds=seeds, attack=attack, eps=self.args.eps, device=self.device
+            train_briefly,
+            self.data,
+            seeds=seeds,
+            attack=attack,
+            eps=self.args.eps,
+            device=self.device,
+            deepfool=deepfool,
         )
 
 

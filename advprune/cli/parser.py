@@ -117,6 +117,7 @@ def _score_parser(commands) -> None:
         help="adversarial inputs scored besides the clean ones (adv_el2n, ...)",
     )
     sc.add_argument("--score-steps", type=int, default=2, help="PGD steps of --score-attack pgd")
+    sc.add_argument("--deepfool", action="store_true", help="also each sample's DeepFool distance to the boundary")
     sc.add_argument("--out", required=True, help="the .npz file to write (metadata beside it as .json)")
     _add_training_options(sc, eps_default=None)
     sc.set_defaults(run=score_command)

@@ -37,13 +37,14 @@ def score_command(args: argparse.Namespace) -> None:
                         steps=args.score_steps,
                         device=resolve_device(args.device),
                         seed=args.seed,
+                        deepfool=args.deepfool,
                     )
                 )
             scores = average_scores(runs)
         else:
             args.eps = 0.1 if args.eps is None else args.eps
             factory = RunFactory(args, data)
-            scores = factory.warmup_scores(args.warmup_epochs, args.seeds, args.attack_for_scores)
+            scores = factory.warmup_scores(args.warmup_epochs, args.seeds, args.attack_for_scores, args.deepfool)
     meta = {
         "seconds": watch.seconds,
         "dataset": args.dataset,

@@ -62,7 +62,9 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
                 "`advprune score` first and pass --scores FILE, or let the run choose (no --score-pass)"
             )
         with Stopwatch() as watch:
-            scores = factory.warmup_scores(args.score_epochs, args.score_seeds, args.score_attack)
+            scores = factory.warmup_scores(
+                args.score_epochs, args.score_seeds, args.score_attack, deepfool=spec.score == "deepfool"
+            )
         save_scores(
             out / "scores.npz",
             scores,

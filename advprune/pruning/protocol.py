@@ -25,6 +25,7 @@ class ScoringRequest:
 
     ids: torch.Tensor
     adversarial: bool
+    deepfool: bool = False  # each sample's DeepFool distance too (clean passes)
 
 
 @runtime_checkable

@@ -16,7 +16,8 @@ import torch
 from advprune.ids import class_quotas
 
 METHODS = ("random", "balanced", "hardest", "easiest", "both-ends", "ccs")
-EASY_IS_HIGH = ("margin", "confidence", "adv_margin", "adv_confidence")  # negated to rank hardest-first
+# negated to rank hardest-first (deepfool: the distance to the boundary, far = easy)
+EASY_IS_HIGH = ("margin", "confidence", "adv_margin", "adv_confidence", "deepfool")
 
 
 def hardness(scores: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -24,6 +25,9 @@ def hardness(scores: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     if name not in scores:
         raise ValueError(f"the scores hold no {name!r} (they hold {', '.join(sorted(scores))})")
     values = torch.as_tensor(scores[name]).to(torch.float64)
+    if name == "deepfool":  # inf: not moved across the boundary within DeepFool's iterations, the farthest of all
+        finite = values[torch.isfinite(values)]
+        values = torch.where(values == float("inf"), (finite.max() + 1) if len(finite) else 1.0, values)
     return -values if name in EASY_IS_HIGH else values
 
 

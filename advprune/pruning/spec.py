@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 # names of scores that rank hardest-first by themselves (files from `advprune score` or a training run)
-SCORE_NAMES = ("el2n", "grand", "loss", "entropy", "forgetting", "adv_el2n", "adv_grand", "adv_loss", "adv_entropy")
+SCORE_NAMES = (
+    *("el2n", "grand", "loss", "entropy", "forgetting", "deepfool"),
+    *("adv_el2n", "adv_grand", "adv_loss", "adv_entropy"),
+)
 STATIC = ("random", "balanced", "hardest", "easiest", "both-ends", "ccs")
 # the seed paper's names (Kaufmann et al. 2022), ranked by the adversarial loss unless a score is given
 PAPER_NAMES = {"low": "easiest", "high": "hardest", "low+high": "both-ends"}

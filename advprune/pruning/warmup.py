@@ -21,7 +21,7 @@ from advprune.scores import ForgettingTracker
 
 PASS_SCORES = ("loss", "margin", "el2n", "entropy", "confidence", "grand")  # scored on clean inputs
 STEP_SCORES = ("forgetting",)  # counted by the warm-up's training steps
-SCORES = (*PASS_SCORES, *(f"adv_{name}" for name in PASS_SCORES), *STEP_SCORES)
+SCORES = (*PASS_SCORES, *(f"adv_{name}" for name in PASS_SCORES), "deepfool", *STEP_SCORES)
 
 
 class WarmupSelector(PrunerBase):
@@ -67,7 +67,7 @@ class WarmupSelector(PrunerBase):
         """At the end of the warm-up, a pass over the pool (unless the score comes from the steps)."""
         if epoch < self.warmup_epochs or self.kept is not None or self.score in STEP_SCORES:
             return None
-        return ScoringRequest(self.pool, adversarial=self.score.startswith("adv_"))
+        return ScoringRequest(self.pool, adversarial=self.score.startswith("adv_"), deepfool=self.score == "deepfool")
 
     def set_scores(self, scores: dict[str, torch.Tensor]) -> None:
         """The scoring pass's per-sample scores (name -> [num_samples]; adversarial ones named adv_*)."""

@@ -51,7 +51,7 @@ def run_scoring_pass(
     subset.set_indices(request.ids)
     subset.set_epoch(epoch)
     batches = (unpack_batch(batch) for batch in train)
-    options = _scoring_attack(attack) if request.adversarial else {"attack": "none"}
+    options = _scoring_attack(attack) if request.adversarial else {"attack": "none", "deepfool": request.deepfool}
     pass_seed = epoch_generator(seed, epoch).initial_seed()  # the epoch's own seed, as its training steps use
     own_share = torch.zeros(0, dtype=torch.int64)  # checked once the shares are put together
     covering = own_share if world.distributed else request.ids
