@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -100,7 +101,8 @@ def test_train_then_eval_a_checkpoint(tmp_path, capsys):
     "argv,message",
     [
         (["train", "--dataset", "imagenet", "--out", "r"], "invalid choice: 'imagenet'"),
-        (["train", "--model", "vit", "--out", "r"], "invalid choice: 'vit'"),
+        (["train", "--model", "vit", "--out", "r"], "unknown model 'vit': choose one of preact-resnet18"),
+        (["train", "--model", "torchvision:nope", "--out", "r"], "torchvision has no classification model 'nope'"),
         (["train", "--eps", "eight", "--out", "r"], "'eight' is not a number (write 0.03 or 8/255)"),
         (["train", "--dataset", "cifar10", "--data-dir", "/no/such", "--out", "r"], "no cifar-10-batches-py"),
         (["train", "--config", "missing.toml", "--out", "r"], "no config file at missing.toml"),
@@ -234,3 +236,15 @@ def test_device_stages_and_norm_refusals(tmp_path, monkeypatch, capsys, argv, me
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_torchvision_model_trains_and_its_checkpoint_evaluates(tmp_path, capsys):
+    """--model torchvision:NAME: built for the data (grayscale repeated to RGB, the dataset's statistics in
+    front), recorded in the checkpoint, rebuilt by `advprune eval`."""
+    pytest.importorskip("torchvision")
+    out = tmp_path / "run"
+    argv = ["train", "--model", "torchvision:resnet18", "--limit", "192", "--epochs", "1", "--steps", "1"]
+    argv += ["--eval-n", "32", "--val-n", "32", "--batch-size", "64", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--n", "32", "--quiet", "--attack", "clean"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 32

@@ -9,7 +9,8 @@ from advprune import models
 
 
 @pytest.mark.parametrize(
-    "name,shape", [("small-cnn", (2, 1, 28, 28)), ("preact-resnet18", (2, 3, 32, 32))]
+    "name,shape",
+    [("small-cnn", (2, 1, 28, 28)), ("preact-resnet18", (2, 3, 32, 32)), ("small-resnet", (2, 3, 32, 32))],
 )  # the WideResNets share the code path and cost minutes on a CPU
 def test_models_map_images_to_logits(name, shape):
     torch.manual_seed(0)
@@ -38,5 +39,34 @@ def test_normalisation_is_inside():
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown model 'resnet50': choose one of preact-resnet18"):
         models.create("resnet50")
+    with pytest.raises(ValueError, match="unknown torchvision classification model 'resnet5'"):
+        models.create("torchvision:resnet5")
+    with pytest.raises(ValueError, match="1- or 3-channel images, got 2"):
+        models.create("torchvision:resnet18", in_channels=2)
+
+
+def test_small_resnet_is_a_twentieth_of_preact_resnet18():
+    """The CPU preset's model: the same blocks, widths 16-32-64 and two blocks a stage."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(name):
+        with FlopCounterMode(display=False) as counter:
+            models.create(name).eval()(torch.rand(1, 3, 32, 32))
+        return counter.get_total_flops()
+
+    assert 15 < flops("preact-resnet18") / flops("small-resnet") < 25
+    # the refactor into PreActResNet kept PreActResNet-18's parameter names (old checkpoints still load)
+    names = set(models.create("preact-resnet18").state_dict())
+    assert {"conv1.weight", "layers.7.conv2.weight", "layers.2.shortcut.weight", "bn.running_mean"} <= names
+
+
+def test_a_torchvision_model_by_name_with_the_normalisation_in_front():
+    torch.manual_seed(0)
+    model = models.create("torchvision:resnet18", num_classes=7, in_channels=1, mean=[0.3], std=[0.2]).eval()
+    x = torch.rand(2, 1, 32, 32)
+    logits = model(x)
+    assert logits.shape == (2, 7)
+    expected = model.net(((x - 0.3) / 0.2).expand(-1, 3, -1, -1))  # normalised, then the channel repeated
+    torch.testing.assert_close(logits, expected)
     with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
         models.create("small-cnn", num_classes=1)

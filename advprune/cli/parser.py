@@ -8,12 +8,38 @@ from collections.abc import Sequence
 from advprune.cli.common import OneLineParser, UsageError, load_config, number
 
 
+def model_name(text: str) -> str:
+    """--model: one of advprune's models, or torchvision:NAME for a torchvision classification model."""
+    from advprune.models import MODELS, TORCHVISION_PREFIX
+
+    if text.startswith(TORCHVISION_PREFIX):
+        from advprune._deps import require
+
+        torchvision = require("torchvision", extra="torchvision", purpose="--model torchvision:NAME")
+
+        name = text.removeprefix(TORCHVISION_PREFIX)
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise argparse.ArgumentTypeError(f"torchvision has no classification model {name!r}")
+        return text
+    if text not in MODELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown model {text!r}: choose one of {', '.join(MODELS)} or torchvision:NAME"
+        )
+    return text
+
+
 def _add_training_options(p: argparse.ArgumentParser, eps_default: float | None = 0.1) -> None:
     """The options of how a model is trained: shared by train and score (its warm-up runs)."""
     from advprune.models import MODELS
     from advprune.train import OBJECTIVES
 
-    p.add_argument("--model", choices=tuple(MODELS), default=None, help="default: small-cnn for 28x28 data")
+    p.add_argument(
+        "--model",
+        type=model_name,
+        default=None,
+        metavar="{" + ",".join(MODELS) + ",torchvision:NAME}",
+        help="default: small-cnn for 28x28 data, preact-resnet18 otherwise",
+    )
     p.add_argument("--attack", choices=OBJECTIVES, default="pgd")
     p.add_argument("--eps", type=number, default=eps_default, help="in [0, 1] pixel space; fractions (8/255) work")
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
