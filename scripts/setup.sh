@@ -40,7 +40,7 @@ fi
 
 echo "== installing FFCV, build and test tools"
 "${PIP[@]}" install "setuptools>=64" wheel ninja "cmake>=3.27,<4" numpy tqdm "pytest>=8" hypothesis ruff \
-  "ffcv==1.0.2" "torchattacks==3.5.1"
+  "ffcv==1.0.2" "torchattacks==3.5.1" matplotlib scipy
 
 echo "== building advprune (pip install --no-build-isolation -e .)"
 "${PIP[@]}" install --no-build-isolation --no-deps -e .

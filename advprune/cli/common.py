@@ -61,7 +61,8 @@ def tensors(data, ids=None):
     import numpy as np
     import torch
 
-    images, labels = (data.images, data.labels) if ids is None else (data.images[np.asarray(ids)], data.labels[ids])
+    rows = None if ids is None else np.asarray(ids, dtype=np.int64)
+    images, labels = (data.images, data.labels) if rows is None else (data.images[rows], data.labels[rows])
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255).contiguous()
     return x, torch.from_numpy(np.asarray(labels, dtype=np.int64).copy())
 

@@ -171,6 +171,19 @@ def _eval_parser(commands) -> None:
     e.set_defaults(run=eval_command)
 
 
+def _sweep_parsers(commands) -> None:
+    from advprune.cli.sweep_command import report_command, sweep_command
+
+    s = commands.add_parser("sweep", help="a resumable grid of (strategy, fraction, seed) runs, results.jsonl")
+    s.add_argument("sweep_config", metavar="CONFIG", help="a sweep TOML file, or a preset: paper-cifar10-cpu, ...")
+    s.add_argument("--out", default=None, help="the sweep folder (default: sweeps/CONFIG)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(run=sweep_command)
+    r = commands.add_parser("report", help="a sweep's (or a run's) table and plots: report.md and PNGs")
+    r.add_argument("folder", help="a sweep folder (results.jsonl) or a run folder (metrics.jsonl)")
+    r.set_defaults(run=report_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from advprune.cli.prepare_command import prepare
     from advprune.data.readers import DATASETS
@@ -189,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(commands)
     _score_parser(commands)
     _eval_parser(commands)
+    _sweep_parsers(commands)
     return parser
 
 

@@ -153,18 +153,20 @@ def _finish(args, out: Path, trainer, pruner, forgetting, test, record, started:
     from advprune.scores import save_scores
 
     world = trainer.world
-    x_test, y_test = tensors(test, range(min(args.eval_n, len(test))))
-    result = evaluate(
-        trainer.model,
-        x_test,
-        y_test,
-        attack="pgd",
-        eps=args.eps,
-        steps=20,
-        norm=args.norm,
-        progress=not args.quiet and world.is_main,
-        world=world,
-    )
+    result = None
+    if args.eval_n > 0:  # 0: evaluated elsewhere (advprune eval; a sweep)
+        x_test, y_test = tensors(test, range(min(args.eval_n, len(test))))
+        result = evaluate(
+            trainer.model,
+            x_test,
+            y_test,
+            attack="pgd",
+            eps=args.eps,
+            steps=20,
+            norm=args.norm,
+            progress=not args.quiet and world.is_main,
+            world=world,
+        )
     if not world.is_main:
         return
     save_scores(
@@ -179,6 +181,9 @@ def _finish(args, out: Path, trainer, pruner, forgetting, test, record, started:
             pruner.scores(),
             {"source": "scoring pass in the run", "warmup_epochs": args.score_epochs},
         )
+    if result is None:
+        print(f"no test evaluation (--eval-n 0): advprune eval --checkpoint {out / 'last.pt'}")
+        return
     result.update(
         split="test",
         test_ids=f"the first {result['n']} of the test set",

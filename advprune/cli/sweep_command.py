@@ -1,0 +1,23 @@
+"""`advprune sweep CONFIG` and `advprune report FOLDER`: a resumable grid of runs, and its report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def sweep_command(args: argparse.Namespace) -> None:
+    from advprune.sweep import load_sweep, run_sweep
+
+    config = load_sweep(args.sweep_config)
+    out = Path(args.out or f"sweeps/{Path(args.sweep_config).stem}")
+    results = run_sweep(config, out, log=(lambda _line: None) if args.quiet else print)
+    print(f"{len(results)} runs finished in {out}/results.jsonl; advprune report {out} makes the table and plots")
+
+
+def report_command(args: argparse.Namespace) -> None:
+    from advprune.report import report
+
+    text, plots = report(args.folder)
+    print(text)
+    print(f"wrote {Path(args.folder) / 'report.md'} and {', '.join(str(p) for p in plots)}")

@@ -1,0 +1,197 @@
+"""`advprune report`: a sweep's results.jsonl as a Markdown table (mean ± std over seeds; each strategy
+against random pruning at the same fraction and at the nearest wall time, with Welch's t-test p-values on
+AutoAttack accuracy) and PNG plots (robust accuracy against the fraction kept and against wall time, and
+the per-epoch curves); for a single run folder, its per-epoch curves. Needs the `report` extra
+(matplotlib, scipy)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from advprune._deps import require
+
+METRICS = ("clean_acc", "pgd_acc", "autoattack_acc", "total_s")
+
+
+def load_results(sweep: Path) -> list[dict]:
+    lines = (sweep / "results.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip().endswith("}")]
+
+
+def group_rows(results: list[dict]) -> dict[tuple[str, float], list[dict]]:
+    """The results by (spec, fraction), each group one line per seed."""
+    groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
+    for line in results:
+        groups[(line["spec"], line["fraction"])].append(line)
+    return dict(sorted(groups.items(), key=lambda item: (-_sortable(item[0][1]), item[0][0])))
+
+
+def _sortable(fraction: float) -> float:
+    return 2.0 if fraction != fraction else fraction  # fraction-free specs (dynamic) first
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Welch's t-test p-value of two samples (None with fewer than 2 values on a side)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    stats = require("scipy.stats", extra="report", purpose="advprune report's t-tests")
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _random_groups(groups) -> dict[float, list[dict]]:
+    randoms = {f: rows for (spec, f), rows in groups.items() if spec.startswith("random:")}
+    for (spec, _f), rows in groups.items():
+        if spec == "full":
+            randoms[1.0] = rows
+    return randoms
+
+
+def comparison(rows: list[dict], randoms: dict[float, list[dict]], fraction: float) -> dict:
+    """The strategy's AutoAttack gap to random at its fraction and to random at the nearest mean wall time."""
+    acc = [r["autoattack_acc"] for r in rows]
+    out: dict = {}
+    if fraction in randoms:
+        base = [r["autoattack_acc"] for r in randoms[fraction]]
+        out["vs_fraction"] = (statistics.fmean(acc) - statistics.fmean(base), welch_p(acc, base))
+    if randoms:
+        wall = statistics.fmean(r["total_s"] for r in rows)
+        nearest = min(randoms, key=lambda f: abs(statistics.fmean(r["total_s"] for r in randoms[f]) - wall))
+        base = [r["autoattack_acc"] for r in randoms[nearest]]
+        out["vs_wall"] = (nearest, statistics.fmean(acc) - statistics.fmean(base), welch_p(acc, base))
+    return out
+
+
+def markdown_table(results: list[dict]) -> str:
+    groups = group_rows(results)
+    randoms = _random_groups(groups)
+    lines = [
+        "| strategy | fraction | seeds | samples | clean | PGD | AutoAttack | wall s | vs random, same fraction "
+        "| vs random, nearest wall time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for (spec, fraction), rows in groups.items():
+        cells = [spec, "-" if fraction != fraction else f"{fraction:g}", str(len(rows))]
+        cells.append(f"{statistics.fmean(r['samples'] for r in rows):,.0f}")
+        for key in METRICS:
+            mean, std = _mean_std([r[key] for r in rows])
+            cells.append(f"{mean:.0f} ± {std:.0f}" if key == "total_s" else f"{100 * mean:.1f} ± {100 * std:.1f}%")
+        cmp = comparison(rows, randoms, fraction) if not spec.startswith("random:") and spec != "full" else {}
+        cells.append(_gap(*cmp["vs_fraction"]) if "vs_fraction" in cmp else "")
+        if "vs_wall" in cmp:
+            nearest = cmp["vs_wall"][0]
+            cells.append(f"{'full' if nearest == 1.0 else f'random:{nearest:g}'} {_gap(*cmp['vs_wall'][1:])}")
+        else:
+            cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    first = results[0] if results else {}
+    note = (
+        f"\nAccuracy on the first {first.get('test_n', '?')} test images; PGD-{first.get('pgd_steps', '?')} and "
+        f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p."
+    )
+    return "\n".join(lines) + "\n" + note + "\n"
+
+
+def _gap(gap: float, p: float | None) -> str:
+    return f"{100 * gap:+.1f} (p = {p:.3f})" if p is not None else f"{100 * gap:+.1f}"
+
+
+def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
+    """robust_vs_fraction.png, robust_vs_wall_time.png and epochs.png in the sweep folder."""
+    plt = _pyplot()
+    groups = group_rows(results)
+    full = [r["samples"] for r in results if r["spec"] == "full"]
+    full_samples = statistics.fmean(full) if full else max(r["samples"] for r in results)
+    by_strategy: dict[str, list] = defaultdict(list)
+    for (spec, _fraction), rows in groups.items():
+        mean, std = _mean_std([r["autoattack_acc"] for r in rows])
+        share = statistics.fmean(r["samples"] for r in rows) / full_samples
+        wall = statistics.fmean(r["total_s"] for r in rows)
+        by_strategy[strategy_name(spec)].append((share, wall, mean, std))
+    written = []
+    for name, x_index, xlabel in (
+        ("robust_vs_fraction", 0, "share of the full run's samples"),
+        ("robust_vs_wall_time", 1, "wall time of training, validation and scoring (s)"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for strategy, points in sorted(by_strategy.items()):
+            points = sorted(points, key=lambda p, i=x_index: p[i])
+            if points:
+                xs = [p[x_index] for p in points]
+                ax.errorbar(xs, [100 * p[2] for p in points], [100 * p[3] for p in points], marker="o", capsize=3,
+                            label=strategy)  # fmt: skip
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("AutoAttack accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        written.append(_save(fig, sweep / f"{name}.png"))
+    written.append(plot_epochs([p for p in sorted((sweep / "runs").glob("*-seed0"))], sweep / "epochs.png"))
+    return written
+
+
+def strategy_name(spec: str) -> str:
+    """A spec without its fraction (random:0.2 -> random, ccs:0.2:adv_el2n -> ccs:adv_el2n): one line a plot."""
+    parts = spec.split(":")
+    return ":".join([parts[0], *parts[2:]])
+
+
+def plot_epochs(folders: list[Path], out: Path) -> Path:
+    """Validation PGD accuracy and training loss by epoch, one line per run folder."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    for folder in folders:
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        epochs = [r for r in records if "epoch" in r and "event" not in r]
+        val = [(r["epoch"], r["val_pgd_acc"]) for r in epochs if "val_pgd_acc" in r]
+        if val:
+            top.plot(*zip(*val, strict=True), marker="o", label=folder.name)
+        bottom.plot([r["epoch"] for r in epochs], [r["train_loss"] for r in epochs], label=folder.name)
+    top.set_ylabel("validation PGD accuracy")
+    bottom.set_ylabel("training loss (adversarial)")
+    bottom.set_xlabel("epoch")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    top.legend(fontsize=6)
+    return _save(fig, out)
+
+
+def _pyplot():
+    matplotlib = require("matplotlib", extra="report", purpose="advprune report's plots")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def report(folder: str | Path) -> tuple[str, list[Path]]:
+    """The Markdown report and the plots of a sweep folder (results.jsonl) or of one run folder."""
+    folder = Path(folder)
+    if (folder / "results.jsonl").exists():
+        results = load_results(folder)
+        if not results:
+            raise ValueError(f"{folder}/results.jsonl holds no finished run yet")
+        text = "# Sweep report\n\n" + markdown_table(results)
+        plots = plot_sweep(results, folder)
+    elif (folder / "metrics.jsonl").exists():
+        text = f"# Run {folder.name}\n"
+        plots = [plot_epochs([folder], folder / "epochs.png")]
+    else:
+        raise ValueError(f"{folder} is neither a sweep folder (results.jsonl) nor a run folder (metrics.jsonl)")
+    text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    (folder / "report.md").write_text(text)
+    return text, plots

@@ -1,0 +1,218 @@
+"""`advprune sweep`: a grid of (pruning spec, fraction, seed) runs of one training setting, each in its own
+folder under the sweep folder, resumable at every step: a finished run is never redone, an interrupted
+one resumes from its checkpoint, an evaluation already written is kept. Each finished run appends one
+line to results.jsonl: clean, PGD-50 and AutoAttack accuracy (or the named cheaper stages), epochs,
+samples trained, and the wall time split into training, scoring and evaluation.
+
+A sweep config (TOML) has three tables:
+
+    [train]   the `advprune train` flags shared by every run (dataset, model, attack, eps, epochs, ...)
+    [grid]    specs = ["none", "random:{fraction}", "low+high:{fraction}", "dynamic:0.5"]
+              fractions = [0.6, 0.4, 0.2]; seeds = [0, 1, 2]
+              (a spec without {fraction} runs once per seed; "none" is the full data)
+    [eval]    n = 1000; pgd_steps = 50; autoattack_stages = "apgd-ce,apgd-t" (or "standard")
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from advprune._files import write_bytes_atomic
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One run of the grid: its prune spec (None: full data), the fraction it keeps, its seed."""
+
+    spec: str | None
+    fraction: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        label = (self.spec or "full").replace(":", "-").replace("+", "_")
+        return f"{label}-seed{self.seed}"
+
+
+def load_sweep(path: str | Path) -> dict:
+    """A sweep config from a TOML file, or a preset's name (advprune/presets/NAME.toml)."""
+    import tomllib
+
+    file = Path(path)
+    if not file.is_file() and (PRESETS / f"{path}.toml").is_file():
+        file = PRESETS / f"{path}.toml"
+    if not file.is_file():
+        presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.toml")))
+        raise ValueError(f"no sweep config at {path} (presets: {presets})")
+    config = tomllib.loads(file.read_text())
+    missing = {"train", "grid"} - set(config)
+    if missing:
+        raise ValueError(f"{file}: a sweep config needs the tables [train] and [grid], missing {sorted(missing)}")
+    return config
+
+
+def grid_runs(grid: dict) -> list[GridRun]:
+    """Every (spec, fraction, seed) of the grid, in the order they run: seed by seed, so that a sweep cut
+    short has whole seeds of every strategy rather than all seeds of a few."""
+    runs = []
+    for seed in grid.get("seeds", [0]):
+        for spec in grid["specs"]:
+            if spec == "none":
+                runs.append(GridRun(None, 1.0, seed))
+            elif "{fraction}" in spec:
+                runs += [GridRun(spec.format(fraction=f), f, seed) for f in grid.get("fractions", [])]
+            else:
+                runs.append(GridRun(spec, float("nan"), seed))
+    return runs
+
+
+def _flags(options: dict) -> list[str]:
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is not False:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _advprune(args: list[str], log: Path) -> float:
+    """Runs `python -m advprune ARGS` in its own process (a crash or a leak stays there), its output appended
+    to log; its wall seconds. A failure names the log."""
+    start = time.perf_counter()
+    with log.open("a") as out:
+        done = subprocess.run([sys.executable, "-m", "advprune", *args], stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"advprune {args[0]} failed (exit {done.returncode}): see {log}")
+    return time.perf_counter() - start
+
+
+def _evaluation(args: list[str], log: Path) -> float:
+    """Runs `advprune eval ARGS` in this process (no second start-up of torch per evaluation), its output
+    appended to log; its wall seconds."""
+    import contextlib
+
+    from advprune.cli import main
+
+    start = time.perf_counter()
+    with log.open("a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(args)
+    if code != 0:
+        raise RuntimeError(f"advprune {' '.join(args[:3])} failed (exit {code}): see {log}")
+    return time.perf_counter() - start
+
+
+def _train(run: GridRun, folder: Path, train: dict, log: Path) -> float:
+    """Trains the run (or finishes it from its checkpoint); the wall seconds of this call."""
+    records = _records(folder)
+    epochs = [r for r in records if "epoch" in r and "event" not in r]
+    if epochs and epochs[-1]["epoch"] + 1 >= train["epochs"] and (folder / "last.pt").exists():
+        return 0.0
+    args = ["train", *_flags({**train, "seed": run.seed}), "--out", str(folder), "--quiet"]
+    if run.spec is not None:
+        args += ["--prune", run.spec]
+    if (folder / "last.pt").exists():
+        args.append("--resume")
+    return _advprune(args, log)
+
+
+def _records(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line: the resume drops it
+    return records
+
+
+def _evaluate(folder: Path, evaluation: dict, log: Path) -> tuple[dict, dict, float]:
+    """PGD and AutoAttack results of the run's last.pt (each written once, kept when there); eval seconds."""
+    n, seconds = str(evaluation.get("n", 1000)), 0.0
+    pgd_file, aa_file = folder / "eval_pgd.json", folder / "eval_autoattack.json"
+    common = ["eval", "--checkpoint", str(folder / "last.pt"), "--n", n, "--quiet"]
+    if not pgd_file.exists():
+        steps = str(evaluation.get("pgd_steps", 50))
+        seconds += _evaluation([*common, "--attack", "pgd", "--steps", steps, "--out", str(pgd_file)], log)
+    stages = evaluation.get("autoattack_stages", "standard")
+    if not aa_file.exists():
+        extra = [] if stages == "standard" else ["--stages", stages]
+        seconds += _evaluation([*common, "--attack", "autoattack", *extra, "--out", str(aa_file)], log)
+    return json.loads(pgd_file.read_text()), json.loads(aa_file.read_text()), seconds
+
+
+def result_line(run: GridRun, folder: Path, pgd: dict, autoattack: dict, seconds: dict) -> dict:
+    """The results.jsonl line of a finished run."""
+    records = _records(folder)
+    epochs = [r for r in records if "epoch" in r and "event" not in r]
+    scoring = sum(r.get("scoring_seconds", 0.0) for r in records if r.get("phase") == "pruning")
+    scoring += sum(r.get("scoring_pass_seconds", 0.0) for r in epochs)
+    return {
+        "run": run.name,
+        "spec": run.spec or "full",
+        "fraction": run.fraction,
+        "seed": run.seed,
+        "clean_acc": pgd["clean_acc"],
+        "pgd_acc": pgd["robust_acc"],
+        "pgd_steps": pgd["steps"],
+        "autoattack_acc": autoattack["robust_acc"],
+        "autoattack_version": autoattack["version"],
+        "test_n": pgd["n"],
+        "epochs": len(epochs),
+        "samples": sum(r["samples"] for r in epochs),
+        "train_s": seconds["train"] - scoring,
+        "scoring_s": scoring,
+        "eval_s": seconds["eval"],
+        "total_s": seconds["train"],
+    }
+
+
+def run_sweep(config: dict, out: str | Path, log=print) -> list[dict]:
+    """Runs every grid run not yet in out/results.jsonl; returns all the result lines."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.jsonl"
+    done = {json.loads(line)["run"]: json.loads(line) for line in _lines(results_file)}
+    write_bytes_atomic(out / "sweep.json", json.dumps(config, indent=1).encode())
+    for run in grid_runs(config["grid"]):
+        if run.name in done:
+            continue
+        folder = out / "runs" / run.name
+        folder.mkdir(parents=True, exist_ok=True)
+        logfile = folder / "sweep.log"
+        train_s = _train(run, folder, config["train"], logfile)
+        wall = _wall_seconds(folder, train_s)
+        pgd, autoattack, eval_s = _evaluate(folder, config.get("eval", {}), logfile)
+        line = result_line(run, folder, pgd, autoattack, {"train": wall, "eval": eval_s})
+        with results_file.open("a") as f:  # one line, flushed: a kill loses at most the run in progress
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+        done[run.name] = line
+        log(f"{run.name}: clean {line['clean_acc']:.3f}, PGD {line['pgd_acc']:.3f}, AA {line['autoattack_acc']:.3f}")
+    return list(done.values())
+
+
+def _wall_seconds(folder: Path, this_call: float) -> float:
+    """The run's training wall time over all its calls (an interrupted run resumes in a second call):
+    recorded in folder/wall.json, so that it survives the sweep being killed."""
+    path = folder / "wall.json"
+    total = (json.loads(path.read_text())["seconds"] if path.exists() else 0.0) + this_call
+    write_bytes_atomic(path, json.dumps({"seconds": total}).encode(), durable=True)
+    return total
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line.strip().endswith("}")]

@@ -1,0 +1,117 @@
+"""advprune sweep and report on a tiny Fashion-MNIST grid: every run once, resumable at each step, one
+results line per run; the report's table, Welch p-values and PNG plots; the presets load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from advprune.cli import main
+from advprune.data.readers import FASHION_MNIST_DIR
+from advprune.report import group_rows, markdown_table, report, welch_p
+from advprune.sweep import grid_runs, load_sweep, run_sweep
+
+pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
+
+CONFIG = {
+    "train": {
+        "dataset": "fashion-mnist",
+        "limit": 384,
+        "epochs": 2,
+        "steps": 1,
+        "batch_size": 64,
+        "val_n": 64,
+        "val_steps": 2,
+        "eval_n": 0,
+    },
+    "grid": {"specs": ["none", "random:{fraction}", "low+high:{fraction}"], "fractions": [0.5], "seeds": [0, 1]},
+    "eval": {"n": 32, "pgd_steps": 5, "autoattack_stages": "apgd-ce"},
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    results = run_sweep(CONFIG, out, log=lambda _line: None)
+    return out, results
+
+
+def test_the_grid_runs_seed_by_seed():
+    names = [run.name for run in grid_runs(CONFIG["grid"])]
+    assert names == [
+        "full-seed0",
+        "random-0.5-seed0",
+        "low_high-0.5-seed0",
+        "full-seed1",
+        "random-0.5-seed1",
+        "low_high-0.5-seed1",
+    ]
+
+
+def test_every_run_has_one_results_line(sweep):
+    out, _ = sweep
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["run"] for r in lines) == sorted(r.name for r in grid_runs(CONFIG["grid"]))
+    for line in lines:
+        assert 0 <= line["autoattack_acc"] <= line["pgd_acc"] + 0.1 and line["pgd_acc"] <= line["clean_acc"]
+        assert line["test_n"] == 32 and line["pgd_steps"] == 5 and line["autoattack_version"] == "custom: apgd-ce"
+        assert line["epochs"] == 2 and line["total_s"] > 0 and line["eval_s"] > 0
+    full = next(r for r in lines if r["spec"] == "full")
+    pruned = next(r for r in lines if r["spec"] == "random:0.5" and r["seed"] == full["seed"])
+    assert full["samples"] == 2 * 320 and pruned["samples"] == 2 * 160  # 384 - 64 held out; half of them
+    low_high = next(r for r in lines if r["spec"] == "low+high:0.5")
+    assert low_high["scoring_s"] > 0  # the in-run scoring pass, counted apart from training
+
+
+def test_a_sweep_never_redoes_a_finished_step(sweep):
+    out, _ = sweep
+    run = out / "runs" / "random-0.5-seed1"
+    metrics = (run / "metrics.jsonl").read_text()
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the last run was cut before its line
+    (run.parent / "low_high-0.5-seed1" / "eval_autoattack.json").unlink()  # and before its AutoAttack
+    pgd_before = (run.parent / "low_high-0.5-seed1" / "eval_pgd.json").stat().st_mtime_ns
+    results = run_sweep(CONFIG, out, log=lambda _line: None)
+    assert len(results) == 6 and (run / "metrics.jsonl").read_text() == metrics
+    assert (run.parent / "low_high-0.5-seed1" / "eval_pgd.json").stat().st_mtime_ns == pgd_before
+    assert (run.parent / "low_high-0.5-seed1" / "eval_autoattack.json").exists()
+    assert len((out / "results.jsonl").read_text().splitlines()) == 6
+
+
+def test_the_report_compares_with_random_and_draws_the_plots(sweep):
+    out, results = sweep
+    text, plots = report(out)
+    assert "| low+high:0.5 | 0.5 | 2 |" in text and "| random:0.5 | 0.5 | 2 |" in text and "| full | 1 | 2 |" in text
+    groups = group_rows(results)
+    ours = [r["autoattack_acc"] for r in groups[("low+high:0.5", 0.5)]]
+    base = [r["autoattack_acc"] for r in groups[("random:0.5", 0.5)]]
+    p = welch_p(ours, base)
+    assert p is None or f"(p = {p:.3f})" in markdown_table(results)
+    assert {p.name for p in plots} == {"robust_vs_fraction.png", "robust_vs_wall_time.png", "epochs.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in plots)
+    assert (out / "report.md").read_text() == text
+
+
+def test_welch_p_against_a_known_value():
+    pytest.importorskip("scipy")
+    # t = -2.5 / sqrt(5/12 + 1/2) = -2.611, Welch-Satterthwaite df = 6.98: two-sided p = 0.0349
+    assert welch_p([1.0, 2.0, 3.0, 4.0], [3.0, 4.0, 5.0, 6.0, 7.0]) == pytest.approx(0.0349, abs=5e-4)
+    assert welch_p([1.0], [2.0, 3.0]) is None
+
+
+def test_a_run_folder_gets_its_epoch_curves(sweep):
+    out, _ = sweep
+    _, plots = report(out / "runs" / "full-seed0")
+    assert [p.name for p in plots] == ["epochs.png"] and plots[0].exists()
+
+
+def test_presets_load_and_a_missing_config_is_one_line(tmp_path, capsys, monkeypatch):
+    for name in ("paper-cifar10-cpu", "paper-cifar10-gpu", "paper-cifar10-gpu-pgd10"):
+        config = load_sweep(name)
+        assert config["train"]["dataset"] == "cifar10" and config["grid"]["seeds"] == [0, 1, 2]
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "nothing.toml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no sweep config at nothing.toml (presets: paper-cifar10-cpu" in err and len(err.splitlines()) == 1
