@@ -43,7 +43,12 @@ class GridRun:
 
 def load_sweep(path: str | Path) -> dict:
     """A sweep config from a TOML file, or a preset's name (advprune/presets/NAME.toml)."""
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        from advprune._deps import require
+
+        tomllib = require("tomli", extra="toml", purpose="reading a sweep config on Python 3.10")
 
     file = Path(path)
     if not file.is_file() and (PRESETS / f"{path}.toml").is_file():
@@ -183,7 +188,7 @@ def run_sweep(config: dict, out: str | Path, log=print) -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
-    done = {json.loads(line)["run"]: json.loads(line) for line in _lines(results_file)}
+    done = {line["run"]: line for line in _finished(results_file)}
     write_bytes_atomic(out / "sweep.json", json.dumps(config, indent=1).encode())
     for run in grid_runs(config["grid"]):
         if run.name in done:
@@ -191,10 +196,9 @@ def run_sweep(config: dict, out: str | Path, log=print) -> list[dict]:
         folder = out / "runs" / run.name
         folder.mkdir(parents=True, exist_ok=True)
         logfile = folder / "sweep.log"
-        train_s = _train(run, folder, config["train"], logfile)
-        wall = _wall_seconds(folder, train_s)
+        _add_seconds(folder, "train", _train(run, folder, config["train"], logfile))
         pgd, autoattack, eval_s = _evaluate(folder, config.get("eval", {}), logfile)
-        line = result_line(run, folder, pgd, autoattack, {"train": wall, "eval": eval_s})
+        line = result_line(run, folder, pgd, autoattack, _add_seconds(folder, "eval", eval_s))
         with results_file.open("a") as f:  # one line, flushed: a kill loses at most the run in progress
             f.write(json.dumps(line) + "\n")
             f.flush()
@@ -203,16 +207,23 @@ def run_sweep(config: dict, out: str | Path, log=print) -> list[dict]:
     return list(done.values())
 
 
-def _wall_seconds(folder: Path, this_call: float) -> float:
-    """The run's training wall time over all its calls (an interrupted run resumes in a second call):
-    recorded in folder/wall.json, so that it survives the sweep being killed."""
+def _add_seconds(folder: Path, phase: str, seconds: float) -> dict[str, float]:
+    """The run's wall seconds by phase over all the sweep's calls (a run cut short resumes in a later call),
+    kept in folder/wall.json so that they survive the sweep being killed; all phases so far."""
     path = folder / "wall.json"
-    total = (json.loads(path.read_text())["seconds"] if path.exists() else 0.0) + this_call
-    write_bytes_atomic(path, json.dumps({"seconds": total}).encode(), durable=True)
-    return total
+    totals = json.loads(path.read_text()) if path.exists() else {"train": 0.0, "eval": 0.0}
+    totals[phase] += seconds
+    write_bytes_atomic(path, json.dumps(totals).encode(), durable=True)
+    return totals
 
 
-def _lines(path: Path) -> list[str]:
+def _finished(path: Path) -> list[dict]:
+    """The result lines written so far; a line torn by a kill (no final newline) is cut off the file first,
+    so that the next line is appended on a line of its own."""
     if not path.exists():
         return []
-    return [line for line in path.read_text().splitlines() if line.strip().endswith("}")]
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        write_bytes_atomic(path, text.encode(), durable=True)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

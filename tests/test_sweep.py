@@ -70,14 +70,17 @@ def test_a_sweep_never_redoes_a_finished_step(sweep):
     run = out / "runs" / "random-0.5-seed1"
     metrics = (run / "metrics.jsonl").read_text()
     lines = (out / "results.jsonl").read_text().splitlines()
-    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the last run was cut before its line
+    torn = lines[-1][: len(lines[-1]) // 2]  # the last run was killed while its line was being written
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n" + torn)
     (run.parent / "low_high-0.5-seed1" / "eval_autoattack.json").unlink()  # and before its AutoAttack
     pgd_before = (run.parent / "low_high-0.5-seed1" / "eval_pgd.json").stat().st_mtime_ns
     results = run_sweep(CONFIG, out, log=lambda _line: None)
     assert len(results) == 6 and (run / "metrics.jsonl").read_text() == metrics
     assert (run.parent / "low_high-0.5-seed1" / "eval_pgd.json").stat().st_mtime_ns == pgd_before
     assert (run.parent / "low_high-0.5-seed1" / "eval_autoattack.json").exists()
-    assert len((out / "results.jsonl").read_text().splitlines()) == 6
+    assert [json.loads(line)["run"] for line in (out / "results.jsonl").read_text().splitlines()] == [
+        json.loads(line)["run"] for line in lines
+    ]  # the torn line cut off, the run's line written again on a line of its own
 
 
 def test_the_report_compares_with_random_and_draws_the_plots(sweep):
