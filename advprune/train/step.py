@@ -67,7 +67,7 @@ class AdversarialStep:
         steps, self._unchecked = self._unchecked, 0
         if bool(self._nonfinite):
             raise TrainingDiverged(
-                f"the training loss became NaN or Inf at epoch {epoch} (within its last {max(steps, 1)} steps): "
+                f"the training loss became NaN or Inf at epoch {epoch} (within its last {max(steps, 1)} step(s)): "
                 "lower the learning rate or use amp=None; the last good checkpoint is kept"
             )
 
