@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <atomic>
 #include <cstdint>
 
 namespace advprune::cuda {
@@ -32,10 +33,22 @@ inline int pack_width(std::initializer_list<const void*> ptrs) {
   return static_cast<int>(16 / sizeof(T));
 }
 
+// The current device's multiprocessor count, queried once per device (a driver call per launch otherwise).
+inline int multiprocessor_count() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> counts[kMaxDevices] = {};  // 0: not queried yet
+  const int device = c10::cuda::current_device();
+  int sms = device < kMaxDevices ? counts[device].load(std::memory_order_relaxed) : 0;
+  if (sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (device < kMaxDevices) counts[device].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
+}
+
 // Enough blocks to fill the device a few times over; kernels grid-stride past that.
 inline int64_t grid_for(int64_t work_items, int threads) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  const int sms = multiprocessor_count();
   const int64_t wanted = (work_items + threads - 1) / threads;
   return std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t{sms} * 16));
 }
