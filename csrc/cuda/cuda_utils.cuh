@@ -60,15 +60,28 @@ __device__ inline T warp_sum(T v) {
   return v;
 }
 
-template <typename T>
-__device__ inline T warp_max(T v) {
+// Sum and max over each group of LANES lanes (a power of two, at most a warp), valid in the group's
+// first lane; the whole warp must call them. The max propagates NaN, as the CPU kernels' maxima do.
+template <int LANES, typename T>
+__device__ inline T group_sum(T v) {
 #pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const T o = __shfl_down_sync(0xffffffffu, v, offset);
-    v = o > v ? o : v;
+  for (int offset = LANES / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset, LANES);
+  return v;
+}
+
+template <int LANES, typename T>
+__device__ inline T group_max(T v) {
+#pragma unroll
+  for (int offset = LANES / 2; offset > 0; offset /= 2) {
+    const T o = __shfl_down_sync(0xffffffffu, v, offset, LANES);
+    v = (o > v || o != o) ? o : v;  // a NaN on either side stays
   }
   return v;
 }
+
+// The lanes a row takes when C is small, so that a warp serves several rows: the power of two at or
+// above C (at least 4), a whole warp from C = 17 on.
+inline int lanes_for(int64_t c) { return c <= 4 ? 4 : c <= 8 ? 8 : c <= 16 ? 16 : kWarp; }
 
 // Sum over the block, valid in thread 0. blockDim.x must be a multiple of 32, at most 1024.
 template <typename T>

@@ -34,13 +34,6 @@ __device__ inline math::RowMax<A> group_row_max(math::RowMax<A> m) {
   return m;
 }
 
-template <int LANES, typename T>
-__device__ inline T group_sum(T v) {
-#pragma unroll
-  for (int offset = LANES / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset, LANES);
-  return v;
-}
-
 // LANES lanes a row (the power of two at or above C, at most 32), so that a warp serves 32 / LANES rows
 // when C is small (C = 10: two rows a warp, not 10 busy lanes of 32). Every lane of a warp takes part in
 // the shuffles, also those of a row past the end (they read row n - 1 and write nothing).
@@ -106,14 +99,11 @@ sample_scores_cuda(const at::Tensor& logits_in, const at::Tensor& labels_in, boo
   if (n > 0) {
     const std::array<at::Tensor, 6> out{loss, margin, el2n, entropy, confidence, correct};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "sample_scores_cuda", [&] {
-      if (c <= 4) {
-        launch_scores<scalar_t, 4>(logits, labels, out);
-      } else if (c <= 8) {
-        launch_scores<scalar_t, 8>(logits, labels, out);
-      } else if (c <= 16) {
-        launch_scores<scalar_t, 16>(logits, labels, out);
-      } else {
-        launch_scores<scalar_t, kWarp>(logits, labels, out);
+      switch (lanes_for(c)) {
+        case 4: launch_scores<scalar_t, 4>(logits, labels, out); break;
+        case 8: launch_scores<scalar_t, 8>(logits, labels, out); break;
+        case 16: launch_scores<scalar_t, 16>(logits, labels, out); break;
+        default: launch_scores<scalar_t, kWarp>(logits, labels, out);
       }
     });
   }
