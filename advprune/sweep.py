@@ -142,11 +142,13 @@ def _records(folder: Path) -> list[dict]:
     return records
 
 
-def _evaluate(folder: Path, evaluation: dict, log: Path) -> tuple[dict, dict, float]:
-    """PGD and AutoAttack results of the run's last.pt (each written once, kept when there); eval seconds."""
+def _evaluate(folder: Path, evaluation: dict, log: Path, train: dict) -> tuple[dict, dict, float]:
+    """PGD and AutoAttack results of the run's last.pt (each written once, kept when there), on the training
+    setting's data folder and device; eval seconds."""
     n, seconds = str(evaluation.get("n", 1000)), 0.0
     pgd_file, aa_file = folder / "eval_pgd.json", folder / "eval_autoattack.json"
-    common = ["eval", "--checkpoint", str(folder / "last.pt"), "--n", n, "--quiet"]
+    where = _flags({key: train[key] for key in ("data_dir", "device") if key in train})
+    common = ["eval", "--checkpoint", str(folder / "last.pt"), "--n", n, "--quiet", *where]
     if not pgd_file.exists():
         steps = str(evaluation.get("pgd_steps", 50))
         seconds += _evaluation([*common, "--attack", "pgd", "--steps", steps, "--out", str(pgd_file)], log)
@@ -197,7 +199,7 @@ def run_sweep(config: dict, out: str | Path, log=print) -> list[dict]:
         folder.mkdir(parents=True, exist_ok=True)
         logfile = folder / "sweep.log"
         _add_seconds(folder, "train", _train(run, folder, config["train"], logfile))
-        pgd, autoattack, eval_s = _evaluate(folder, config.get("eval", {}), logfile)
+        pgd, autoattack, eval_s = _evaluate(folder, config.get("eval", {}), logfile, config["train"])
         line = result_line(run, folder, pgd, autoattack, _add_seconds(folder, "eval", eval_s))
         with results_file.open("a") as f:  # one line, flushed: a kill loses at most the run in progress
             f.write(json.dumps(line) + "\n")

@@ -97,6 +97,20 @@ def test_the_report_compares_with_random_and_draws_the_plots(sweep):
     assert (out / "report.md").read_text() == text
 
 
+def test_evaluations_read_the_training_settings_data_folder(tmp_path, monkeypatch):
+    """CIFAR-10 has no default folder: the evaluations must get the [train] table's data_dir (and device)."""
+    import advprune.sweep as sweep_module
+
+    calls = []
+    monkeypatch.setattr(sweep_module, "_evaluation", lambda args, log: calls.append(args) or 0.0)
+    with pytest.raises(FileNotFoundError):  # nothing written by the stand-in evaluation
+        sweep_module._evaluate(tmp_path, {"n": 8}, tmp_path / "log", {"data_dir": "data", "device": "cpu"})
+    assert len(calls) == 2  # PGD, then AutoAttack
+    for args in calls:
+        at = args.index("--data-dir")
+        assert args[at : at + 2] == ["--data-dir", "data"] and "--device" in args
+
+
 def test_welch_p_against_a_known_value():
     pytest.importorskip("scipy")
     # t = -2.5 / sqrt(5/12 + 1/2) = -2.611, Welch-Satterthwaite df = 6.98: two-sided p = 0.0349
