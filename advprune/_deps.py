@@ -11,6 +11,15 @@ class MissingDependency(ImportError):
     """An optional package that a feature needs is not installed."""
 
 
+def load_toml(text: str, *, purpose: str) -> dict:
+    """TOML text as a dict: tomllib, or tomli on Python 3.10 (the `toml` extra)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = require("tomli", extra="toml", purpose=f"{purpose} on Python 3.10")
+    return tomllib.loads(text)
+
+
 def require(module: str, *, extra: str, purpose: str) -> ModuleType:
     """import `module`, or MissingDependency saying which feature needs it and how to install it."""
     try:

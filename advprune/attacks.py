@@ -217,9 +217,10 @@ def _broken_by_any_iterate(model, x, y, eps, step_size, steps, norm, loss, noise
             logits, _, grad = _attack_pass(model, x_adv, y, loss)
         hit = logits.argmax(1) != y
         broken[left[hit]] = True
-        if step == steps or bool(hit.all()):
+        hits = int(hit.sum())  # the step's one host read: how many samples just broke
+        if step == steps or hits == len(y):
             break
-        if bool(hit.any()):
+        if hits:
             keep = ~hit
             left, y, grad = left[keep], y[keep], grad[keep]
             x, x_adv = x[keep].contiguous(memory_format=fmt), x_adv[keep].contiguous(memory_format=fmt)

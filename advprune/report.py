@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from advprune._deps import require
+from advprune.train.run_folder import epoch_records, read_run_metrics
 
 METRICS = ("clean_acc", "pgd_acc", "autoattack_acc", "total_s")
 
@@ -146,8 +147,7 @@ def plot_epochs(folders: list[Path], out: Path) -> Path:
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
     for folder in folders:
-        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        epochs = [r for r in records if "epoch" in r and "event" not in r]
+        epochs = epoch_records(read_run_metrics(folder))
         val = [(r["epoch"], r["val_pgd_acc"]) for r in epochs if "val_pgd_acc" in r]
         if val:
             top.plot(*zip(*val, strict=True), marker="o", label=folder.name)

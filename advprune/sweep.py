@@ -22,7 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from advprune._deps import load_toml
 from advprune._files import write_bytes_atomic
+from advprune.train.run_folder import epoch_records, read_run_metrics
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -43,20 +45,13 @@ class GridRun:
 
 def load_sweep(path: str | Path) -> dict:
     """A sweep config from a TOML file, or a preset's name (advprune/presets/NAME.toml)."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        from advprune._deps import require
-
-        tomllib = require("tomli", extra="toml", purpose="reading a sweep config on Python 3.10")
-
     file = Path(path)
     if not file.is_file() and (PRESETS / f"{path}.toml").is_file():
         file = PRESETS / f"{path}.toml"
     if not file.is_file():
         presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.toml")))
         raise ValueError(f"no sweep config at {path} (presets: {presets})")
-    config = tomllib.loads(file.read_text())
+    config = load_toml(file.read_text(), purpose="reading a sweep config")
     missing = {"train", "grid"} - set(config)
     if missing:
         raise ValueError(f"{file}: a sweep config needs the tables [train] and [grid], missing {sorted(missing)}")
@@ -117,8 +112,7 @@ def _evaluation(args: list[str], log: Path) -> float:
 
 def _train(run: GridRun, folder: Path, train: dict, log: Path) -> float:
     """Trains the run (or finishes it from its checkpoint); the wall seconds of this call."""
-    records = _records(folder)
-    epochs = [r for r in records if "epoch" in r and "event" not in r]
+    epochs = epoch_records(read_run_metrics(folder))
     if epochs and epochs[-1]["epoch"] + 1 >= train["epochs"] and (folder / "last.pt").exists():
         return 0.0
     args = ["train", *_flags({**train, "seed": run.seed}), "--out", str(folder), "--quiet"]
@@ -127,19 +121,6 @@ def _train(run: GridRun, folder: Path, train: dict, log: Path) -> float:
     if (folder / "last.pt").exists():
         args.append("--resume")
     return _advprune(args, log)
-
-
-def _records(folder: Path) -> list[dict]:
-    path = folder / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line: the resume drops it
-    return records
 
 
 def _evaluate(folder: Path, evaluation: dict, log: Path, train: dict) -> tuple[dict, dict, float]:
@@ -161,8 +142,8 @@ def _evaluate(folder: Path, evaluation: dict, log: Path, train: dict) -> tuple[d
 
 def result_line(run: GridRun, folder: Path, pgd: dict, autoattack: dict, seconds: dict) -> dict:
     """The results.jsonl line of a finished run."""
-    records = _records(folder)
-    epochs = [r for r in records if "epoch" in r and "event" not in r]
+    records = read_run_metrics(folder)
+    epochs = epoch_records(records)
     scoring = sum(r.get("scoring_seconds", 0.0) for r in records if r.get("phase") == "pruning")
     scoring += sum(r.get("scoring_pass_seconds", 0.0) for r in epochs)
     return {

@@ -17,6 +17,7 @@ import torch
 
 from advprune import AttackConfig, OptimConfig, RunConfig, Trainer, models
 from advprune.data import from_arrays, make_loader, read_fashion_mnist
+from advprune.train.run_folder import epoch_records, read_run_metrics
 
 
 def epoch_seconds(data, *, compile: bool, epochs: int, steps: int, out: Path) -> list[float]:
@@ -29,8 +30,7 @@ def epoch_seconds(data, *, compile: bool, epochs: int, steps: int, out: Path) ->
         run=RunConfig(out_dir=out, quiet=True, compile=compile),
     )
     trainer.fit(make_loader(data, batch_size=128, seed=0))
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["seconds"] for r in records if "epoch" in r and "event" not in r]
+    return [r["seconds"] for r in epoch_records(read_run_metrics(out))]
 
 
 def main() -> None:

@@ -23,11 +23,7 @@ import tempfile
 from pathlib import Path
 
 from advprune.checkpoint import load_checkpoint
-
-
-def epoch_records(out: Path) -> list[dict]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if "epoch" in r and "event" not in r]
+from advprune.train.run_folder import epoch_records, read_run_metrics
 
 
 def phase_medians(records: list[dict]) -> dict[str, float]:
@@ -91,7 +87,10 @@ def main() -> None:
         check=True,
         env=env,
     )
-    one, many = epoch_records(single)[1:], epoch_records(ranked)[1:]  # the first epoch warms up
+    one, many = (
+        epoch_records(read_run_metrics(single))[1:],
+        epoch_records(read_run_metrics(ranked))[1:],
+    )  # the first epoch warms up
     a, b = load_checkpoint(single / "last.pt")["model"], load_checkpoint(ranked / "last.pt")["model"]
     worst = max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in a)
     result = {

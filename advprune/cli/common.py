@@ -36,13 +36,9 @@ def load_config(path: str) -> dict:
         raise UsageError(f"no config file at {file}")
     text = file.read_text()
     if file.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            from advprune._deps import require
+        from advprune._deps import load_toml
 
-            tomllib = require("tomli", extra="toml", purpose="reading a TOML config on Python 3.10")
-        config = tomllib.loads(text)
+        config = load_toml(text, purpose="reading a TOML config")
     elif file.suffix in (".yaml", ".yml"):
         try:
             import yaml

@@ -26,6 +26,16 @@ from advprune.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from advprune.train import folder_lock
 
 
+def epoch_records(records: list[dict]) -> list[dict]:
+    """The per-epoch records of a metrics log (not the setup, pruning or event lines)."""
+    return [r for r in records if "epoch" in r and "event" not in r]
+
+
+def read_run_metrics(folder: str | Path) -> list[dict]:
+    """The readable records of a run folder's metrics.jsonl, read without taking the folder (a sweep, a report)."""
+    return RunFolder(folder, quiet=True, writer=False).read_metrics()
+
+
 def _finite(record: dict) -> dict:
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
 
