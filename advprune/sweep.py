@@ -120,7 +120,16 @@ def _train(run: GridRun, folder: Path, train: dict, log: Path) -> float:
         args += ["--prune", run.spec]
     if (folder / "last.pt").exists():
         args.append("--resume")
+        _mark_resumed(folder)
     return _advprune(args, log)
+
+
+def _mark_resumed(folder: Path) -> None:
+    """Notes in wall.json that the run resumes from a checkpoint: the call that was cut short lost its
+    seconds, so the run's wall time undercounts (the report marks such runs)."""
+    path = folder / "wall.json"
+    totals = json.loads(path.read_text()) if path.exists() else {"train": 0.0, "eval": 0.0}
+    write_bytes_atomic(path, json.dumps({**totals, "resumed": True}).encode(), durable=True)
 
 
 def _evaluate(folder: Path, evaluation: dict, log: Path, train: dict) -> tuple[dict, dict, float]:
@@ -163,6 +172,7 @@ def result_line(run: GridRun, folder: Path, pgd: dict, autoattack: dict, seconds
         "scoring_s": scoring,
         "eval_s": seconds["eval"],
         "total_s": seconds["train"],
+        "resumed": bool(seconds.get("resumed", False)),
     }
 
 

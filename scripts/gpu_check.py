@@ -23,6 +23,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,10 +94,27 @@ def build(check: Check) -> dict:
     sys.path.insert(0, str(ROOT))
     import advprune
 
-    info = advprune.build_info()
+    info = {**advprune.build_info(), **link_facts()}
     if not info["extension_loaded"] or (not check.dry_run and not info["cuda_compiled"]):
         raise RuntimeError(f"the build did not load its kernels: {info}")
     return {"build": info}
+
+
+def link_facts() -> dict:
+    """How the extension was linked: the compiler, the link command's flags, and whether C++ standard
+    library code sits inside the module (a static copy beside the shared one breaks stream formatting)."""
+    import sysconfig
+
+    import advprune._C as module
+
+    facts = {"ldshared": sysconfig.get_config_var("LDSHARED"), "LDFLAGS": os.environ.get("LDFLAGS", "")}
+    try:
+        facts["cxx"] = subprocess.run(["c++", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+        symbols = subprocess.run(["nm", "-C", module.__file__], capture_output=True, text=True).stdout
+        facts["std_locale_symbols_inside"] = sum(" std::locale::" in line for line in symbols.splitlines())
+    except OSError as error:
+        facts["link_facts_error"] = str(error)
+    return facts
 
 
 def fashion_mnist(check: Check) -> dict:
@@ -111,16 +129,56 @@ def fashion_mnist(check: Check) -> dict:
 
 
 def cuda_tests(check: Check) -> dict:
-    files = [f"tests/{name}.py" for name in CUDA_TESTS]
-    selection = [sys.executable, "-m", "pytest", *files, "-q", "-k", "cuda or gpu", "-p", "no:cacheprovider"]
-    if check.dry_run:
-        output = shell([*selection, "--collect-only"], 600)
-        collected = sum(1 for line in output.splitlines() if "::" in line)
-        if collected == 0:
-            raise RuntimeError("the CUDA test selection collected nothing")
-        return {"collected": collected}
-    output = shell(selection, 900)
-    return {"summary": output.strip().splitlines()[-1]}
+    """The CUDA tests, a file at a time (a crash ends one file, not the step): each file's summary, and for
+    a crash the test it hit and the innermost frames (faulthandler prints them first). Full log in --out."""
+    files, summaries, failed = [f"tests/{name}.py" for name in CUDA_TESTS], {}, []
+    log = check.out / "cuda_tests.log"
+    log.write_text("")
+    for file in files:
+        command = [sys.executable, "-X", "faulthandler", "-m", "pytest", file, "-v", "-k", "cuda or gpu",
+                   "-p", "no:cacheprovider"]  # fmt: skip
+        if check.dry_run:
+            command.append("--collect-only")
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        output = done.stdout + done.stderr
+        with log.open("a") as f:
+            f.write(f"=== {file} (exit {done.returncode})\n{output}\n")
+        summaries[file] = crash_summary(output) if done.returncode < 0 or done.returncode > 128 else (
+            output.strip().splitlines() or ["(no output)"])[-1]  # fmt: skip
+        if done.returncode != 0:
+            failed.append(file)
+    if check.dry_run and not any("::" in line for line in log.read_text().splitlines()):
+        raise RuntimeError("the CUDA test selection collected nothing")
+    if failed:
+        raise RuntimeError(f"CUDA tests failed in {failed}: {json.dumps(summaries, indent=1)}")
+    return {"summaries": summaries}
+
+
+def crash_summary(output: str) -> str:
+    """The test a crashed pytest was running and the innermost frames of the faulthandler's report."""
+    lines = output.splitlines()
+    fatal = next((i for i, line in enumerate(lines) if "Fatal Python error" in line), None)
+    if fatal is None:
+        return "crashed: " + " | ".join(lines[-5:])
+    return "crashed: " + " | ".join(line.strip() for line in lines[fatal : fatal + 6] if line.strip())
+
+
+def error_paths(check: Check) -> dict:
+    """A refused call must raise, not crash, on the CPU and on the GPU (on the first GPU machine, formatting
+    a check's message with a number crashed the process: see docs/gpu-check.md)."""
+    code = (
+        "import sys, torch, advprune.ops as ops\n"
+        "logits = torch.randn(4, 3, device=sys.argv[1]); labels = torch.tensor([0, 1, 5, 2], device=sys.argv[1])\n"
+        "try:\n    ops.sample_scores(logits, labels)\nexcept ValueError as e:\n    print('raised:', e)\n"
+    )
+    results = {}
+    for device in ("cpu", check.device):
+        done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code, device], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        results[device] = (done.stdout + done.stderr).strip()[-300:] or f"exit {done.returncode}"
+        if done.returncode != 0 or "raised:" not in done.stdout:
+            raise RuntimeError(f"a refused call on {device} did not raise cleanly (exit {done.returncode}): {results}")
+    return {"error_paths": results}
 
 
 def op_benchmark(check: Check) -> dict:
@@ -188,9 +246,9 @@ def attack_benchmark(check: Check) -> dict:
 
 
 def cifar10_data(check: Check) -> Path:
-    """The official python-version folder: decoded from the carried JPEG copy, or (dry run without it) a
-    tiny synthetic set in the same format."""
-    root = check.out / "cifar10"
+    """The official python-version folder, outside --out (it does not come back from a device machine):
+    decoded from the carried JPEG copy, or (dry run without it) a tiny synthetic set in the same format."""
+    root = Path(tempfile.gettempdir()) / ("advprune-gpu-check-cifar10" + ("-dry" if check.dry_run else ""))
     if (root / "cifar-10-batches-py").is_dir():
         return root
     carried = check.carry / "to_python_version.py"
@@ -299,6 +357,7 @@ def main() -> None:
         ("build", build),
         ("fashion-mnist", fashion_mnist),
         ("cuda tests", cuda_tests),
+        ("error paths", error_paths),
         ("op benchmark", op_benchmark),
         ("attack benchmark", attack_benchmark),
         ("cifar-10 runs", cifar10_runs),

@@ -19,6 +19,8 @@ from advprune.pruning import DynamicPruner, PrunerBase
 from advprune.train import AttackConfig, OptimConfig, RunConfig, Trainer, resolve_amp
 from tests.test_train import fashion, loader, trainer  # noqa: F401 (fashion is a fixture)
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
 
 def records(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -81,17 +83,22 @@ def test_checkpoints_are_read_to_the_cpu_whatever_the_device(tmp_path, fashion, 
     assert again.epoch == 2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_resume_and_guard_restore_on_a_gpu(tmp_path, fashion, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_resume_and_guard_restore_on_each_device(tmp_path, fashion, monkeypatch, device):  # noqa: F811
+    """A resumed run whose robust accuracy collapses restores last.pt (read to the CPU, moved to the
+    device) and goes on with PGD. The first run's validation is fixed too, so that the guard state its
+    checkpoint carries (last_val 0.6) is known: a resume loads it (setting it by hand is overwritten)."""
     train, val = fashion
-    t = trainer(tmp_path, epochs=1, device="cuda", attack="fgsm_rs", step_size=0.125)
-    t.fit(make_loader(train, batch_size=64, device="cuda"), val)
-    resumed = trainer(tmp_path, epochs=3, device="cuda", attack="fgsm_rs", step_size=0.125)
-    accuracies = iter([0.1, 0.55, 0.56])  # epoch 1 collapses: the guard restores last.pt on the GPU
+    t = trainer(tmp_path, epochs=1, device=device, attack="fgsm_rs", step_size=0.125)
+    monkeypatch.setattr(t, "_validate", lambda _v: {"val_clean_acc": 0.8, "val_pgd_acc": 0.6})
+    t.fit(make_loader(train, batch_size=64, device=device), val)
+    resumed = trainer(tmp_path, epochs=3, device=device, attack="fgsm_rs", step_size=0.125)
+    accuracies = iter([0.1, 0.55, 0.56])  # epoch 1 collapses: the guard restores last.pt
     monkeypatch.setattr(resumed, "_validate", lambda _v: {"val_clean_acc": 0.8, "val_pgd_acc": next(accuracies)})
-    resumed.guard.last_val = 0.6
-    resumed.fit(make_loader(train, batch_size=64, device="cuda"), val, resume=True)
+    resumed.fit(make_loader(train, batch_size=64, device=device), val, resume=True)
     assert resumed.epoch == 3 and resumed.attack.kind == "pgd"
+    assert any("restored the last checkpoint" in e for e in resumed.guard.events)
+    assert next(accuracies, None) is None  # epoch 1 ran twice: 0.1, then 0.55 and 0.56
 
 
 def test_a_longer_resumed_run_schedules_over_its_new_length(tmp_path, fashion):  # noqa: F811
