@@ -82,7 +82,8 @@ def gradient_of(total: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         scale = max(scale / 2**8, 1.0)
 
 
-def _uniform(shape, source: Randomness, like: torch.Tensor) -> torch.Tensor:
+def uniform_noise(shape, source: Randomness, like: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) noise of `shape` on like's device and dtype, from a generator or by sample id (KeyedNoise)."""
     if isinstance(source, KeyedNoise):
         return source.rand(tuple(shape), device=like.device, dtype=like.dtype)
     return torch.rand(shape, generator=source, device=like.device, dtype=like.dtype)
@@ -102,11 +103,11 @@ def random_init(x: torch.Tensor, eps: float, norm: str, generator: Randomness = 
     """A uniform point of the eps-ball around x (linf), or a random direction and radius (l2), clipped to [0, 1].
     generator: a torch.Generator, or KeyedNoise for noise that depends on each sample's id alone."""
     if norm == "linf":
-        noise = _uniform(x.shape, generator, x).mul_(2 * eps).sub_(eps)
+        noise = uniform_noise(x.shape, generator, x).mul_(2 * eps).sub_(eps)
     else:
         noise = _normal(x.shape, generator, x)
         flat = noise.flatten(1).norm(dim=1).clamp_min(1e-12)
-        radius = _uniform((x.shape[0], 1), generator, x)[:, 0] * eps
+        radius = uniform_noise((x.shape[0], 1), generator, x)[:, 0] * eps
         noise.mul_((radius / flat).view(-1, *([1] * (x.dim() - 1))))
     x_adv = (x + noise).contiguous(memory_format=_memory_format(x))
     return ops.project_(x_adv, x, eps=eps, norm=norm)
@@ -132,6 +133,7 @@ def pgd(
     loss: str = "ce",
     mode: str = "eval",
     generator: Randomness = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PGD-`steps` (Madry et al. 2018) from x; returns x_adv (detached).
 
@@ -140,13 +142,14 @@ def pgd(
     example that broke it, an unbroken one the example of its highest loss. `mode` is the model's
     mode while crafting ("eval" by default: BatchNorm uses its running statistics and they are not
     updated; "train" or "keep" otherwise); the caller's mode is restored. Works under autocast
-    (float16 included) and with channels_last inputs.
+    (float16 included) and with channels_last inputs. `start`: the first run's first iterate instead of
+    its random start (projected into the ball first), e.g. the sample's example of the last epoch.
     """
     _check_pgd_options("attacks.pgd", x, y, loss, steps, restarts)
     x = x.detach()
     attack = dict(eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start, loss=loss)
     with model_mode(model, mode):
-        best = _pgd_run(model, x, y, generator=generator, **attack)
+        best = _pgd_run(model, x, y, generator=generator, start=start, **attack)
         if restarts == 1:
             return best
         with torch.no_grad():
@@ -236,9 +239,9 @@ def _check_pgd_options(where: str, x, y, loss: str, steps: int, restarts: int) -
     check_images_and_labels(where, x, y)
 
 
-def _pgd_run(model, x, y, *, eps, step_size, steps, norm, random_start, loss, generator) -> torch.Tensor:
-    """One PGD run from a (random) start: steps x [forward, input gradient, fused step]."""
-    x_adv = _start(x, eps, norm, random_start, generator)
+def _pgd_run(model, x, y, *, eps, step_size, steps, norm, random_start, loss, generator, start=None) -> torch.Tensor:
+    """One PGD run from a (random or given) start: steps x [forward, input gradient, fused step]."""
+    x_adv = _start(x, eps, norm, random_start, generator) if start is None else given_start(start, x, eps, norm)
     for _ in range(steps):
         _, grad = input_gradient(model, x_adv, y, loss)
         ops.pgd_step_(x_adv, grad, x, eps=eps, step_size=step_size, norm=norm)
@@ -247,6 +250,14 @@ def _pgd_run(model, x, y, *, eps, step_size, steps, norm, random_start, loss, ge
 
 def _start(x: torch.Tensor, eps: float, norm: str, use_random: bool, generator) -> torch.Tensor:
     return random_init(x, eps, norm, generator) if use_random else x.clone(memory_format=_memory_format(x))
+
+
+def given_start(start: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+    """A caller's first iterate, checked against x and projected into the eps ball and [0, 1] (a copy)."""
+    if start.shape != x.shape:
+        raise ValueError(f"start has shape {list(start.shape)} but x has shape {list(x.shape)}; they must match")
+    x_adv = start.detach().to(x.dtype).clone(memory_format=_memory_format(x))
+    return ops.project_(x_adv, x, eps=eps, norm=norm)
 
 
 def fgsm_rs(
@@ -258,14 +269,16 @@ def fgsm_rs(
     step_size: float | None = None,
     mode: str = "keep",
     generator: Randomness = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FGSM with a uniform random start in the linf ball and one signed step of
-    step_size (default 1.25 * eps), projected back (Wong, Rice and Kolter 2020)."""
+    step_size (default 1.25 * eps), projected back (Wong, Rice and Kolter 2020). `start`: the first
+    iterate instead of the random start (e.g. the sample's example of the last epoch: ATTA)."""
     step_size = 1.25 * eps if step_size is None else step_size
     check_images_and_labels("attacks.fgsm_rs", x, y)
     x = x.detach()
     with model_mode(model, mode):
-        x_adv = random_init(x, eps, "linf", generator)
+        x_adv = random_init(x, eps, "linf", generator) if start is None else given_start(start, x, eps)
         _, grad = input_gradient(model, x_adv, y)
         return ops.pgd_step_(x_adv, grad, x, eps=eps, step_size=step_size)
 
@@ -279,22 +292,28 @@ def trades_perturb(
     steps: int,
     mode: str = "eval",
     generator: Randomness = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The TRADES inner maximisation: PGD on KL(softmax(f(x)) || softmax(f(x_adv))),
-    started at x + 0.001 * N(0, 1), with the clean prediction fixed."""
+    started at x + 0.001 * N(0, 1) (or at `start`), with the clean prediction fixed."""
     check_images_and_labels("attacks.trades_perturb", x, None)
     x = x.detach()
     with model_mode(model, mode):
         with torch.no_grad():
             clean = model(x).float()
-        noise = _normal(x.shape, generator, x)
-        x_adv = ops.project_((x + 0.001 * noise).contiguous(memory_format=_memory_format(x)), x, eps=eps)
+        x_adv = trades_start(x, eps, generator) if start is None else given_start(start, x, eps)
         for _ in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
                 grad = gradient_of(ops.kl_rows(clean, model(x_adv).float()).sum(), x_adv)
             x_adv = ops.pgd_step_(x_adv.detach(), grad, x, eps=eps, step_size=step_size)
     return x_adv
+
+
+def trades_start(x: torch.Tensor, eps: float, generator: Randomness = None) -> torch.Tensor:
+    """TRADES' first iterate: x + 0.001 * N(0, 1), projected into the eps ball and [0, 1]."""
+    noise = _normal(x.shape, generator, x)
+    return ops.project_((x + 0.001 * noise).contiguous(memory_format=_memory_format(x)), x, eps=eps)
 
 
 def trades_loss(

@@ -99,9 +99,13 @@ class RunFactory:
 
         a = self.args
         try:
-            attack = AttackConfig(a.attack, a.eps, a.step_size, a.steps, a.norm)
+            attack = AttackConfig(
+                a.attack, a.eps, a.step_size, a.steps, a.norm, reuse=a.reuse_perturbation, reuse_refresh=a.reuse_refresh
+            )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        if attack.reuse is not None and a.backend != "memory":
+            raise UsageError("--reuse-perturbation needs --backend memory: ffcv does not report each crop and flip")
         return Trainer(
             model,
             attack,

@@ -45,6 +45,18 @@ def _add_training_options(p: argparse.ArgumentParser, eps_default: float | None 
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     p.add_argument("--step-size", type=number, default=None, help="default: 1.25 eps for fgsm_rs, eps/4 otherwise")
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument(
+        "--reuse-perturbation",
+        choices=("int8", "bf16"),
+        default=None,
+        help="start each sample's attack from its perturbation of the last epoch (ATTA), stored so (memory backend)",
+    )
+    p.add_argument(
+        "--reuse-refresh",
+        type=number,
+        default=0.0,
+        help="with --reuse-perturbation: each sample's chance per epoch of a fresh random start instead",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=number, default=0.05)
     p.add_argument("--lr-schedule", choices=("piecewise", "cosine", "onecycle", "constant"), default="cosine")

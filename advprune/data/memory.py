@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from advprune.data.augmentation import Augmentation
 from advprune.data.subset import SubsetLoader, SubsetSchedule
 
 
@@ -16,8 +17,12 @@ class MemoryLoader(SubsetLoader):
     """Yields (x, y, ids): x float in [0, 1] [B, C, H, W] (contiguous, or channels_last when asked),
     y and ids int64.
 
-    `set_indices` changes the served subset from the next epoch on; `len()` follows it.
+    `set_indices` changes the served subset from the next epoch on; `len()` follows it. After each batch is
+    yielded, `last_augmentation` says how it was cut from its source images (perturbation memory maps each
+    sample's stored perturbation through it).
     """
+
+    reports_augmentation = True
 
     def __init__(
         self,
@@ -64,13 +69,16 @@ class MemoryLoader(SubsetLoader):
             ids = order[start:end]
             raw = self.images.index_select(0, ids)
             if self.augment:
-                raw = self._crop_and_flip(raw, generator)
+                raw, self.last_augmentation = self._crop_and_flip(raw, generator)
+            else:
+                self.last_augmentation = Augmentation.identity(len(ids), self.device)
             x = raw.permute(0, 3, 1, 2).to(self.dtype, memory_format=self.memory_format).div_(255)
             yield x, self.labels.index_select(0, ids), ids
 
-    def _crop_and_flip(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _crop_and_flip(self, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Augmentation]:
         """Random translation within a zero padding, and horizontal flip: one gather from
-        a strided view of every window of the padded batch, then the flipped half flipped."""
+        a strided view of every window of the padded batch, then the flipped half flipped.
+        Returns the batch and what was done to it (each sample's window and flip)."""
         b, h, w, c = batch.shape
         p = self.padding
         rows, cols = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(self.device)
@@ -81,4 +89,4 @@ class MemoryLoader(SubsetLoader):
         out = windows[torch.arange(b, device=self.device), rows, cols]
         flipped = flips.nonzero().squeeze(1)
         out[flipped] = out[flipped].flip(2)
-        return out
+        return out, Augmentation(rows, cols, flips, p)

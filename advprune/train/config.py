@@ -14,6 +14,7 @@ from advprune.distributed import World
 OBJECTIVES = ("pgd", "fgsm_rs", "trades", "clean")
 NORMS = ("linf", "l2")
 AMP_MODES = ("auto", "bf16", "fp16", None)
+REUSE_STORAGES = ("int8", "bf16")  # how perturbation memory stores each perturbation
 
 
 def _positive_number(name: str, value: object) -> None:
@@ -25,7 +26,9 @@ def _positive_number(name: str, value: object) -> None:
 class AttackConfig:
     """The training attack. kind: pgd (Madry), fgsm_rs (Wong et al.), trades (Zhang et al., with beta)
     or clean; eps and step_size in [0, 1] pixel space; step_size None takes each attack's usual step:
-    1.25 eps for fgsm_rs (Wong et al.), eps / 4 for pgd and trades."""
+    1.25 eps for fgsm_rs (Wong et al.), eps / 4 for pgd and trades. reuse: "int8" or "bf16" starts each
+    sample's attack from its perturbation of the last epoch (ATTA; train/perturbation_memory.py, stored
+    so), each sample drawing a fresh random start instead with probability reuse_refresh per epoch."""
 
     kind: str = "pgd"
     eps: float = 8 / 255
@@ -33,6 +36,8 @@ class AttackConfig:
     steps: int = 10
     norm: str = "linf"
     beta: float = 6.0
+    reuse: str | None = None
+    reuse_refresh: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -47,6 +52,12 @@ class AttackConfig:
         if self.step_size is None:
             object.__setattr__(self, "step_size", 1.25 * self.eps if self.kind == "fgsm_rs" else self.eps / 4)
         _positive_number("step_size", self.step_size)
+        if self.reuse not in (*REUSE_STORAGES, None):
+            raise ValueError(f"reuse must be one of {REUSE_STORAGES} or None, got {self.reuse!r}")
+        if self.reuse is not None and self.kind == "clean":
+            raise ValueError("reuse keeps each sample's adversarial perturbation: clean training has none")
+        if not isinstance(self.reuse_refresh, (int, float)) or not 0 <= self.reuse_refresh <= 1:
+            raise ValueError(f"reuse_refresh must be a probability in [0, 1], got {self.reuse_refresh!r}")
 
     def safer(self) -> tuple[AttackConfig, str]:
         """The setting the overfitting guard switches to after a collapse, and what it did."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from advprune.data.augmentation import Augmentation
 from advprune.ids import KeyedNoise, epoch_generator
 from advprune.train.batches import loader_batch_size, subset_control, unpack_batch
 from advprune.train.scoring import run_scoring_pass
@@ -62,6 +63,20 @@ def _noise(trainer: Trainer, generator: torch.Generator, ids: torch.Tensor, epoc
     return KeyedNoise(ids, trainer.run.seed, epoch) if trainer.keyed_noise else generator
 
 
+def _augmentation(trainer: Trainer, train: Iterable, x: torch.Tensor, subset) -> Augmentation | None:
+    """The batch's crop and flip as the loader reports it, when perturbation memory needs it (made here at
+    the first batch, sized for the data's ids and the batch's padded frame)."""
+    if trainer.attack.reuse is None:
+        return None
+    augmentation = train.last_augmentation  # checked at fit: the loader reports its augmentation
+    num_samples = subset.num_samples if subset is not None and subset.num_samples else None
+    if trainer.step.memory is None:
+        if num_samples is None:
+            raise ValueError("perturbation memory needs the number of samples: serve the data with an advprune loader")
+        trainer.step.ensure_memory(num_samples, x, augmentation)
+    return augmentation
+
+
 def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
     """Trains one epoch; returns its record (samples, loss, adversarial accuracy, seconds by phase), over all
     ranks (sums; seconds: the slowest rank's). The learning rate follows the step's progress in epochs; data
@@ -88,6 +103,7 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
         timing["data"] += time.perf_counter() - tick
         lr = t.schedule.apply(t.optimizer, epoch, steps - 1, steps_in_epoch)
         weights = t.pruner.weights(ids) if t.pruner is not None else None
+        augmentation = _augmentation(t, train, x, subset)
         per_sample, logits = t.step(
             x,
             y,
@@ -98,6 +114,7 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
             observers=observers,
             timing=timing,
             epoch=epoch,
+            augmentation=augmentation,
         )
         samples += len(y)
         loss_sum += per_sample.sum(dtype=torch.float64)

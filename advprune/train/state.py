@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from advprune.checkpoint import rng_state, set_rng_state
 from advprune.train.config import AttackConfig
+from advprune.train.perturbation_memory import PerturbationMemory
 
 if TYPE_CHECKING:
     from advprune.train.trainer import Trainer
@@ -31,6 +32,7 @@ def trainer_state(t: Trainer) -> dict:
         "best_epoch": t.best_epoch,
         "guard": t.guard.state_dict(),
         "attack": dataclasses.asdict(t.attack),
+        "perturbations": t.step.memory.state_dict() if t.step.memory is not None else None,
         "meta": t.run.meta,
     }
 
@@ -48,6 +50,8 @@ def load_trainer_state(t: Trainer, state: dict, *, restoring: bool) -> None:
         if saved is not None:
             tracker.load_state_dict(saved)
     t.epoch, t.best_val, t.best_epoch = state["epoch"], state["best_val"], state.get("best_epoch")
+    if state.get("perturbations") is not None:
+        t.step.memory = PerturbationMemory.from_state(state["perturbations"], t.device)
     if not restoring:
         t.guard.load_state_dict(state["guard"])
         t.step.attack = AttackConfig(**state["attack"])

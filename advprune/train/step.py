@@ -19,9 +19,11 @@ from torch import nn
 
 from advprune import attacks, ops
 from advprune._types import SampleScores
+from advprune.data.augmentation import Augmentation
 from advprune.distributed import World
 from advprune.pruning.protocol import BatchObserver
 from advprune.train.config import AttackConfig
+from advprune.train.perturbation_memory import PerturbationMemory
 
 FINITE_CHECK_EVERY = 50  # steps between reads of the finite-loss flag on a GPU
 
@@ -58,6 +60,18 @@ class AdversarialStep:
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # a NaN or Inf loss since the last read
         self._unchecked = 0
         self.check_every = 1 if device.type == "cpu" else FINITE_CHECK_EVERY
+        self.memory: PerturbationMemory | None = None  # made at the first batch when attack.reuse is set
+
+    def ensure_memory(self, num_samples: int, x: torch.Tensor, augmentation: Augmentation) -> None:
+        """Makes the perturbation memory (attack.reuse) for num_samples ids and the batches' padded frame."""
+        if self.memory is not None or self.attack.reuse is None:
+            return
+        c, h, w = x.shape[1:]
+        p = augmentation.padding
+        self.memory = PerturbationMemory(
+            num_samples, (c, h + 2 * p, w + 2 * p), eps=self.attack.eps, storage=self.attack.reuse,
+            refresh=self.attack.reuse_refresh, device=self.device,
+        )  # fmt: skip
 
     def check_finite(self, epoch: int) -> None:
         """Reads the finite-loss flag (a host sync on a GPU, hence every `check_every` steps and at the end of
@@ -74,19 +88,41 @@ class AdversarialStep:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor, generator: attacks.Randomness) -> torch.Tensor:
-        """The training attack's examples of (x, y), crafted with the model in eval mode for pgd and trades."""
+    def perturb(
+        self, x: torch.Tensor, y: torch.Tensor, generator: attacks.Randomness, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The training attack's examples of (x, y), crafted with the model in eval mode for pgd and trades,
+        from `start` (perturbation memory) or the attack's random start."""
         a, forward = self.attack, self.attack_forward
         with self.autocast():
             if a.kind == "pgd":
                 return attacks.pgd(forward, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm,
-                                   generator=generator)  # fmt: skip
+                                   generator=generator, start=start)  # fmt: skip
             if a.kind == "fgsm_rs":
-                return attacks.fgsm_rs(forward, x, y, eps=a.eps, step_size=a.step_size, generator=generator)
+                return attacks.fgsm_rs(forward, x, y, eps=a.eps, step_size=a.step_size, generator=generator,
+                                       start=start)  # fmt: skip
             if a.kind == "trades":
                 return attacks.trades_perturb(forward, x, eps=a.eps, step_size=a.step_size, steps=a.steps,
-                                              generator=generator)  # fmt: skip
+                                              generator=generator, start=start)  # fmt: skip
         return x
+
+    def random_start(self, x: torch.Tensor, generator: attacks.Randomness) -> torch.Tensor:
+        """The attack's own first iterate (what a sample without a remembered perturbation starts from)."""
+        a = self.attack
+        if a.kind == "trades":
+            return attacks.trades_start(x, a.eps, generator)
+        return attacks.random_init(x, a.eps, a.norm, generator)
+
+    def perturb_from_memory(self, x, y, ids, generator, augmentation: Augmentation | None) -> torch.Tensor:
+        """The attack, started from each sample's remembered perturbation when the memory is on; the final
+        perturbations are remembered for the next epoch."""
+        if self.memory is None:
+            return self.perturb(x, y, generator)
+        augmentation = augmentation.to(x.device)
+        start = self.memory.starts(x, ids, augmentation, lambda v: self.random_start(v, generator), generator)
+        x_adv = self.perturb(x, y, generator, start)
+        self.memory.remember(x, x_adv, ids, augmentation)
+        return x_adv
 
     def __call__(
         self,
@@ -100,13 +136,14 @@ class AdversarialStep:
         observers: Sequence[BatchObserver],
         timing: dict,
         epoch: int,
+        augmentation: Augmentation | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step; returns (per-sample loss, logits), detached. The loss is the weighted sum over
         the batch divided by batch_size (the loader's, default len(y)), so that a short last batch (common on
         pruned data) moves the weights in proportion to its samples, not as a full one; DDP then averages
         over the ranks, which makes it the one-process step of the global batch."""
         t0 = time.perf_counter()
-        x_adv = self.perturb(x, y, generator)
+        x_adv = self.perturb_from_memory(x, y, ids, generator, augmentation)
         t1 = time.perf_counter()
         self.model.train()
         with self.autocast():

@@ -1,0 +1,129 @@
+"""Perturbation memory (ATTA, Zheng et al. 2020): each sample's last adversarial perturbation, kept by
+sample id, starts its attack in the next epoch, so that a few steps reach the strength of many fresh ones.
+
+Augmentation moves pixels, so the memory holds each perturbation in the sample's un-augmented frame (the
+image with the loader's zero padding around it) and maps it through each batch's crop and flip, which the
+loader reports (advprune's in-memory loader: `last_augmentation`): a pixel's perturbation stays on the same
+source pixel whatever window and flip the next epoch draws. Stored compactly: int8 in units of eps / 127
+(|delta_i| <= eps in both norms), or bfloat16; on the training device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from advprune.attacks import Randomness, uniform_noise
+from advprune.data.augmentation import Augmentation
+from advprune.train.config import REUSE_STORAGES as STORAGES
+
+
+class PerturbationMemory:
+    """Each sample's last perturbation x_adv - x in its padded un-augmented frame, [N, C, H + 2p, W + 2p].
+
+    starts() gives the batch's first iterates: x plus the remembered perturbation, mapped through the batch's
+    augmentation; samples never seen, and each sample with probability `refresh` per epoch, start from the
+    attack's usual random start instead. remember() stores the batch's final perturbations back."""
+
+    def __init__(
+        self,
+        num_samples: int,
+        frame: tuple[int, int, int],
+        *,
+        eps: float,
+        storage: str = "int8",
+        refresh: float = 0.0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if storage not in STORAGES:
+            raise ValueError(f"perturbation storage must be one of {STORAGES}, got {storage!r}")
+        if not 0.0 <= refresh <= 1.0:
+            raise ValueError(f"the perturbation refresh probability must lie in [0, 1], got {refresh!r}")
+        if not eps > 0:
+            raise ValueError(f"perturbation memory needs eps > 0, got {eps!r}")
+        dtype = torch.int8 if storage == "int8" else torch.bfloat16
+        self.store = torch.zeros((num_samples, *frame), dtype=dtype, device=device)
+        self.seen = torch.zeros(num_samples, dtype=torch.bool, device=device)
+        self.eps, self.storage, self.refresh = float(eps), storage, float(refresh)
+
+    @property
+    def frame(self) -> tuple[int, int, int]:
+        return tuple(self.store.shape[1:])
+
+    def _check_batch(self, x: torch.Tensor, ids: torch.Tensor, augmentation: Augmentation) -> None:
+        c, hp, wp = self.frame
+        want = (c, hp - 2 * augmentation.padding, wp - 2 * augmentation.padding)
+        if tuple(x.shape[1:]) != want:
+            raise ValueError(
+                f"perturbation memory holds frames {list(self.frame)} (padding {augmentation.padding}: batches "
+                f"{list(want)}), got a batch of {list(x.shape[1:])}: the data changed since the memory was made"
+            )
+        if len(ids) and int(ids.max()) >= len(self.store):
+            raise ValueError(f"sample id {int(ids.max())} is past the memory's {len(self.store)} samples")
+
+    def read(self, ids: torch.Tensor, augmentation: Augmentation, height: int, width: int) -> torch.Tensor:
+        """The remembered perturbations of `ids` in the batch's frame, float32 [B, C, H, W]."""
+        rows, cols = augmentation.pixel_index(height, width)
+        picked = self.store[ids[:, None, None], :, rows, cols]  # [B, H, W, C]
+        values = picked.float().permute(0, 3, 1, 2)
+        return values * (self.eps / 127) if self.storage == "int8" else values
+
+    def write(self, ids: torch.Tensor, delta: torch.Tensor, augmentation: Augmentation) -> None:
+        """Stores `delta` (the batch's perturbations, [B, C, H, W]) on the source pixels it covers; the rest of
+        each frame (outside this batch's windows) keeps what it held."""
+        rows, cols = augmentation.pixel_index(delta.shape[2], delta.shape[3])
+        values = delta.detach().float().permute(0, 2, 3, 1)  # [B, H, W, C]
+        if self.storage == "int8":
+            values = (values * (127 / self.eps)).round_().clamp_(-127, 127)
+        self.store[ids[:, None, None], :, rows, cols] = values.to(self.store.dtype)
+        self.seen[ids] = True
+
+    def starts(
+        self,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        augmentation: Augmentation,
+        random_start: Callable[[torch.Tensor], torch.Tensor],
+        generator: Randomness = None,
+    ) -> torch.Tensor:
+        """The batch's first iterates: x + its remembered perturbation (projected back into the eps ball by the
+        attack), or random_start(x) for the samples never seen and those drawn for a refresh (generator)."""
+        self._check_batch(x, ids, augmentation)
+        delta = self.read(ids, augmentation, x.shape[2], x.shape[3])
+        start = (x.float() + delta).clamp_(0, 1).to(x.dtype)
+        start = start.contiguous(memory_format=_memory_format(x))
+        fresh = ~self.seen[ids]
+        if self.refresh > 0:
+            fresh |= uniform_noise((len(ids),), generator, x.float()) < self.refresh
+        return torch.where(fresh.view(-1, *[1] * (x.dim() - 1)), random_start(x), start)
+
+    def remember(self, x: torch.Tensor, x_adv: torch.Tensor, ids: torch.Tensor, augmentation: Augmentation) -> None:
+        """Stores the batch's final perturbations x_adv - x."""
+        self.write(ids, x_adv.float() - x.float(), augmentation)
+
+    def state_dict(self) -> dict:
+        return {
+            "store": self.store.cpu(),
+            "seen": self.seen.cpu(),
+            "eps": self.eps,
+            "storage": self.storage,
+            "refresh": self.refresh,
+        }
+
+    @staticmethod
+    def from_state(state: dict, device: torch.device | str) -> PerturbationMemory:
+        store = state["store"]
+        memory = PerturbationMemory(
+            len(store), tuple(store.shape[1:]), eps=state["eps"], storage=state["storage"],
+            refresh=state["refresh"], device=device,
+        )  # fmt: skip
+        memory.store.copy_(store)
+        memory.seen.copy_(state["seen"])
+        return memory
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
