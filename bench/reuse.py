@@ -81,7 +81,7 @@ def main() -> None:
         rows = [r for r in results if r["variant"] == name]
         clean = [100 * r["clean_acc"] for r in rows]
         robust = [100 * r["autoattack_acc"] for r in rows]
-        spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)  # noqa: E731
+        spread = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
         lines.append(
             f"| {name} | {len(rows)} | {statistics.mean(clean):.1f} ± {spread(clean):.1f}% "
             f"| {statistics.mean(robust):.1f} ± {spread(robust):.1f}% | {walls[name]:.0f} "

@@ -24,7 +24,7 @@ def random_images(n: int, h: int = 8, w: int = 8, c: int = 3, seed: int = 0) -> 
 
 
 def one_batch(loader: MemoryLoader):
-    x, y, ids = next(iter(loader))
+    x, _y, ids = next(iter(loader))
     return x, ids, loader.last_augmentation
 
 
@@ -55,7 +55,7 @@ def test_the_next_epochs_window_reads_the_same_source_pixels():
     loader = MemoryLoader(images, np.zeros(32), batch_size=32, augment=True, padding=p, seed=5)
     memory = PerturbationMemory(32, (3, 16, 16), eps=EPS, storage="bf16")
     memory.store.copy_(torch.empty(32, 3, 16, 16).uniform_(-EPS, EPS))  # every frame pixel different
-    x, ids, aug = one_batch(loader)
+    _x, ids, aug = one_batch(loader)
     got = memory.read(ids, aug, 8, 8)
     frames = memory.store.float().numpy()
     for k, sample in enumerate(ids.tolist()):
@@ -73,11 +73,11 @@ def test_a_round_trip_through_two_augmentations_keeps_each_source_pixels_perturb
     loader = MemoryLoader(images, np.zeros(16), batch_size=16, augment=True, padding=p, seed=7)
     memory = PerturbationMemory(16, (3, 16, 16), eps=EPS)
     source_delta = torch.empty(16, 3, 16, 16).uniform_(-EPS, EPS)  # a perturbation per padded source pixel
-    x1, ids1, aug1 = one_batch(loader)
+    _x1, ids1, aug1 = one_batch(loader)
     rows, cols = aug1.pixel_index(8, 8)
     memory.write(ids1, source_delta[ids1[:, None, None], :, rows, cols].permute(0, 3, 1, 2), aug1)
     batches = iter(loader)
-    x2, _, ids2 = next(batches)
+    _x2, _, ids2 = next(batches)
     aug2 = loader.last_augmentation
     got = memory.read(ids2, aug2, 8, 8)
     rows2, cols2 = aug2.pixel_index(8, 8)
@@ -121,7 +121,7 @@ def test_the_next_epochs_attack_starts_where_the_last_one_ended(tmp_path, monkey
     data = tiny_data()
     train = make_loader(data, batch_size=64, augment=False)
     reuse_trainer(tmp_path, attack).fit(train)
-    (x1, start1, end1), (x2, start2, end2) = calls  # one batch an epoch: the same samples, another order
+    (x1, start1, end1), (x2, start2, _end2) = calls  # one batch an epoch: the same samples, another order
     match = [int(torch.nonzero((x1.flatten(1) == row).all(1))[0]) for row in x2.flatten(1)]
     remembered = end1[match] - x1[match]
     assert (start1 - x1).abs().max() > 0  # epoch 1: the attack's own random start
