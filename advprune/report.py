@@ -77,12 +77,15 @@ def markdown_table(results: list[dict]) -> str:
         "| vs random, nearest wall time |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
+    full = next((rows for (spec, _), rows in groups.items() if spec == "full"), None)
+    full_wall = statistics.fmean(r["total_s"] for r in full) if full else None
     for (spec, fraction), rows in groups.items():
         cells = [spec, "-" if fraction != fraction else f"{fraction:g}", str(len(rows))]
         cells.append(f"{statistics.fmean(r['samples'] for r in rows):,.0f}")
         for key in METRICS:
             mean, std = _mean_std([r[key] for r in rows])
-            cells.append(f"{mean:.0f} ± {std:.0f}" if key == "total_s" else f"{100 * mean:.1f} ± {100 * std:.1f}%")
+            percent = f"{100 * mean:.1f} ± {100 * std:.1f}%"
+            cells.append(_wall(mean, std, full_wall, rows) if key == "total_s" else percent)
         cmp = comparison(rows, randoms, fraction) if not spec.startswith("random:") and spec != "full" else {}
         cells.append(_gap(*cmp["vs_fraction"]) if "vs_fraction" in cmp else "")
         if "vs_wall" in cmp:
@@ -94,9 +97,17 @@ def markdown_table(results: list[dict]) -> str:
     first = results[0] if results else {}
     note = (
         f"\nAccuracy on the first {first.get('test_n', '?')} test images; PGD-{first.get('pgd_steps', '?')} and "
-        f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p."
+        f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p. Wall: "
+        "training, validation and scoring, with its share of the full-data run's; * a run resumed after an "
+        "interruption (the interrupted call's seconds are lost: its wall time undercounts)."
     )
     return "\n".join(lines) + "\n" + note + "\n"
+
+
+def _wall(mean: float, std: float, full_wall: float | None, rows: list[dict]) -> str:
+    share = f" ({mean / full_wall:.2f}x)" if full_wall else ""
+    resumed = "*" if any(r.get("resumed") for r in rows) else ""
+    return f"{mean:.0f} ± {std:.0f}{share}{resumed}"
 
 
 def _gap(gap: float, p: float | None) -> str:
@@ -104,7 +115,8 @@ def _gap(gap: float, p: float | None) -> str:
 
 
 def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
-    """robust_vs_fraction.png, robust_vs_wall_time.png and epochs.png in the sweep folder."""
+    """robust_vs_fraction.png, robust_vs_wall_time.png and (when the run folders are there) epochs.png in the
+    sweep folder."""
     plt = _pyplot()
     groups = group_rows(results)
     full = [r["samples"] for r in results if r["spec"] == "full"]
@@ -132,7 +144,9 @@ def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         written.append(_save(fig, sweep / f"{name}.png"))
-    written.append(plot_epochs([p for p in sorted((sweep / "runs").glob("*-seed0"))], sweep / "epochs.png"))
+    runs = [p for p in sorted((sweep / "runs").glob("*-seed0")) if epoch_records(read_run_metrics(p))]
+    if runs:  # a sweep's results without its run folders (a copy of results.jsonl) has no epochs to plot
+        written.append(plot_epochs(runs, sweep / "epochs.png"))
     return written
 
 

@@ -4,6 +4,7 @@ results line per run; the report's table, Welch p-values and PNG plots; the pres
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,22 @@ def test_presets_load_and_a_missing_config_is_one_line(tmp_path, capsys, monkeyp
     assert main(["sweep", "nothing.toml"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no sweep config at nothing.toml (presets: paper-cifar10-cpu" in err and len(err.splitlines()) == 1
+
+
+def test_a_copied_results_file_reports_wall_shares_and_resumed_runs_without_run_folders(tmp_path, sweep):
+    """results.jsonl alone (the run folders left behind): the table and the two sweep plots, no empty epoch
+    plot; each wall time with its share of the full run's, and a resumed run marked (its time undercounts)."""
+    _, results = sweep
+    lines = [dict(r) for r in results]
+    for line in lines:
+        if line["run"] == "random-0.5-seed0":
+            line["resumed"] = True
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    text, plots = report(tmp_path)
+    assert {p.name for p in plots} == {"robust_vs_fraction.png", "robust_vs_wall_time.png"}
+    full = statistics.fmean(r["total_s"] for r in lines if r["spec"] == "full")
+    random_rows = [r["total_s"] for r in lines if r["spec"] == "random:0.5"]
+    share = statistics.fmean(random_rows) / full
+    row = next(line for line in text.splitlines() if line.startswith("| random:0.5 |"))
+    assert f"({share:.2f}x)*" in row
+    assert "(1.00x) |" in next(line for line in text.splitlines() if line.startswith("| full |"))
