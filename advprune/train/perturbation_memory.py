@@ -91,8 +91,7 @@ class PerturbationMemory:
         attack), or random_start(x) for the samples never seen and those drawn for a refresh (generator)."""
         self._check_batch(x, ids, augmentation)
         delta = self.read(ids, augmentation, x.shape[2], x.shape[3])
-        start = (x.float() + delta).clamp_(0, 1).to(x.dtype)
-        start = start.contiguous(memory_format=_memory_format(x))
+        start = (x.float() + delta).clamp_(0, 1).to(x.dtype)  # the attack lays it out as x (given_start)
         fresh = ~self.seen[ids]
         if self.refresh > 0:
             fresh |= uniform_noise((len(ids),), generator, x.float()) < self.refresh
@@ -122,8 +121,3 @@ class PerturbationMemory:
         memory.seen.copy_(state["seen"])
         return memory
 
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
