@@ -59,6 +59,16 @@ def run_one(name: str, flags: list[str], seed: int, n: int, out: Path) -> dict:
     return result
 
 
+def cpu_name() -> str:
+    """The CPU's model name and whether it computes bfloat16 natively (timings differ between the two kinds)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    return f"{name}{', avx512_bf16' if 'avx512_bf16' in info else ', no avx512_bf16'}, one thread"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -68,7 +78,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = [run_one(name, flags, seed, args.n, out) for seed in args.seeds for name, flags in VARIANTS.items()]
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     lines = [f"Fashion-MNIST main job, {len(args.seeds)} seeds, AutoAttack (APGD-CE, APGD-T) on the first "
              f"{args.n} test images; {cpu}", "",
              "| training attack | seeds | clean | AutoAttack | training wall s | vs fresh PGD-10 time |",

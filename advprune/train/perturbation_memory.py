@@ -120,4 +120,3 @@ class PerturbationMemory:
         memory.store.copy_(store)
         memory.seen.copy_(state["seen"])
         return memory
-
