@@ -75,14 +75,19 @@ def test_early_exit_judges_each_sample_as_the_full_batch_run(model64, restarts):
 
 
 def test_early_exit_is_at_least_as_strong_as_the_last_iterate(model64):
+    """Over five random starts (one start's count of such samples is small and moves with the thread count's
+    rounding: none at all in one run pinned to one core)."""
     model, x, y = model64
     ids, attack = torch.arange(len(y)), dict(eps=EPS, step_size=0.05, steps=20)  # a large step: iterates oscillate
-    robust = attacks.pgd_robust(model, x, y, **attack, generator=KeyedNoise(ids, 5, 0))
-    x_adv = attacks.pgd(model, x, y, **attack, generator=KeyedNoise(ids, 5, 0))
-    with torch.no_grad():
-        last_iterate = model(x_adv).argmax(1) == y
-    assert not (robust & ~last_iterate).any()  # every sample the last iterate breaks is broken
-    assert (last_iterate & ~robust).any()  # and some an earlier iterate broke that the last one missed
+    missed_by_last = 0
+    for seed in range(5, 10):
+        robust = attacks.pgd_robust(model, x, y, **attack, generator=KeyedNoise(ids, seed, 0))
+        x_adv = attacks.pgd(model, x, y, **attack, generator=KeyedNoise(ids, seed, 0))
+        with torch.no_grad():
+            last_iterate = model(x_adv).argmax(1) == y
+        assert not (robust & ~last_iterate).any()  # every sample the last iterate breaks is broken
+        missed_by_last += int((last_iterate & ~robust).sum())
+    assert missed_by_last > 0  # and some an earlier iterate broke that the last one missed
 
 
 def test_evaluate_counts_pgd_with_early_exit(trained):
