@@ -137,7 +137,8 @@ def cuda_tests(check: Check) -> dict:
     for file in files:
         command = [sys.executable, "-X", "faulthandler", "-m", "pytest", file, "-v", "-k", "cuda or gpu",
                    "-p", "no:cacheprovider"]  # fmt: skip
-        if check.dry_run:
+        if check.dry_run:  # the selection only, one test a line ("file::test"), which the check below counts
+            command[command.index("-v")] = "-q"
             command.append("--collect-only")
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
         output = done.stdout + done.stderr
