@@ -127,9 +127,16 @@ def _train(run: GridRun, folder: Path, train: dict, log: Path) -> float:
 def _mark_resumed(folder: Path) -> None:
     """Notes in wall.json that the run resumes from a checkpoint: the call that was cut short lost its
     seconds, so the run's wall time undercounts (the report marks such runs)."""
+    _write_wall(folder, {**_read_wall(folder), "resumed": True})
+
+
+def _read_wall(folder: Path) -> dict:
     path = folder / "wall.json"
-    totals = json.loads(path.read_text()) if path.exists() else {"train": 0.0, "eval": 0.0}
-    write_bytes_atomic(path, json.dumps({**totals, "resumed": True}).encode(), durable=True)
+    return json.loads(path.read_text()) if path.exists() else {"train": 0.0, "eval": 0.0}
+
+
+def _write_wall(folder: Path, totals: dict) -> None:
+    write_bytes_atomic(folder / "wall.json", json.dumps(totals).encode(), durable=True)
 
 
 def _evaluate(folder: Path, evaluation: dict, log: Path, train: dict) -> tuple[dict, dict, float]:
@@ -203,10 +210,9 @@ def run_sweep(config: dict, out: str | Path, log=print) -> list[dict]:
 def _add_seconds(folder: Path, phase: str, seconds: float) -> dict[str, float]:
     """The run's wall seconds by phase over all the sweep's calls (a run cut short resumes in a later call),
     kept in folder/wall.json so that they survive the sweep being killed; all phases so far."""
-    path = folder / "wall.json"
-    totals = json.loads(path.read_text()) if path.exists() else {"train": 0.0, "eval": 0.0}
+    totals = _read_wall(folder)
     totals[phase] += seconds
-    write_bytes_atomic(path, json.dumps(totals).encode(), durable=True)
+    _write_wall(folder, totals)
     return totals
 
 

@@ -20,11 +20,13 @@ from pathlib import Path
 
 COMMON = ["--dataset", "fashion-mnist", "--model", "small-cnn", "--eps", "0.1", "--epochs", "5",
           "--batch-size", "128", "--eval-n", "0", "--quiet"]  # fmt: skip
-VARIANTS = {
-    "PGD-2, reuse (int8)": ["--attack", "pgd", "--steps", "2", "--step-size", "0.05", "--reuse-perturbation", "int8"],
-    "PGD-2, fresh": ["--attack", "pgd", "--steps", "2", "--step-size", "0.05"],
-    "PGD-10, fresh": ["--attack", "pgd", "--steps", "10", "--step-size", "0.025"],
+PGD2 = ["--attack", "pgd", "--steps", "2", "--step-size", "0.05"]
+VARIANTS = {  # folder name: (label, flags)
+    "pgd-2-reuse": ("PGD-2, reuse (int8)", [*PGD2, "--reuse-perturbation", "int8"]),
+    "pgd-2-fresh": ("PGD-2, fresh", PGD2),
+    "pgd-10-fresh": ("PGD-10, fresh", ["--attack", "pgd", "--steps", "10", "--step-size", "0.025"]),
 }
+BASELINE = "PGD-10, fresh"  # the time the others are a share of
 
 
 def advprune(args: list[str]) -> float:
@@ -34,8 +36,9 @@ def advprune(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_one(name: str, flags: list[str], seed: int, n: int, out: Path) -> dict:
-    folder = out / f"{name.split(',')[0].lower()}-{'reuse' if 'reuse' in name else 'fresh'}-seed{seed}"
+def run_one(slug: str, seed: int, n: int, out: Path) -> dict:
+    name, flags = VARIANTS[slug]
+    folder = out / f"{slug}-seed{seed}"
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
@@ -59,6 +62,11 @@ def run_one(name: str, flags: list[str], seed: int, n: int, out: Path) -> dict:
     return result
 
 
+def mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f}%"
+
+
 def cpu_name() -> str:
     """The CPU's model name and whether it computes bfloat16 natively (timings differ between the two kinds)."""
     try:
@@ -77,26 +85,18 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = [run_one(name, flags, seed, args.n, out) for seed in args.seeds for name, flags in VARIANTS.items()]
-    cpu = cpu_name()
+    results = [run_one(slug, seed, args.n, out) for seed in args.seeds for slug in VARIANTS]
     lines = [f"Fashion-MNIST main job, {len(args.seeds)} seeds, AutoAttack (APGD-CE, APGD-T) on the first "
-             f"{args.n} test images; {cpu}", "",
+             f"{args.n} test images; {cpu_name()}", "",
              "| training attack | seeds | clean | AutoAttack | training wall s | vs fresh PGD-10 time |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    walls = {}
-    for name in VARIANTS:
-        rows = [r for r in results if r["variant"] == name]
-        walls[name] = statistics.mean(r["train_wall_s"] for r in rows)
-    for name in VARIANTS:
-        rows = [r for r in results if r["variant"] == name]
-        clean = [100 * r["clean_acc"] for r in rows]
-        robust = [100 * r["autoattack_acc"] for r in rows]
-        spread = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
-        lines.append(
-            f"| {name} | {len(rows)} | {statistics.mean(clean):.1f} ± {spread(clean):.1f}% "
-            f"| {statistics.mean(robust):.1f} ± {spread(robust):.1f}% | {walls[name]:.0f} "
-            f"| {walls[name] / walls['PGD-10, fresh']:.2f}x |"
-        )
+    by_variant = {label: [r for r in results if r["variant"] == label] for label, _ in VARIANTS.values()}
+    walls = {label: statistics.mean(r["train_wall_s"] for r in rows) for label, rows in by_variant.items()}
+    for label, rows in by_variant.items():
+        clean = mean_std([100 * r["clean_acc"] for r in rows])
+        robust = mean_std([100 * r["autoattack_acc"] for r in rows])
+        share = walls[label] / walls[BASELINE]
+        lines.append(f"| {label} | {len(rows)} | {clean} | {robust} | {walls[label]:.0f} | {share:.2f}x |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))

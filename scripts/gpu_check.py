@@ -135,11 +135,10 @@ def cuda_tests(check: Check) -> dict:
     log = check.out / "cuda_tests.log"
     log.write_text("")
     for file in files:
-        command = [sys.executable, "-X", "faulthandler", "-m", "pytest", file, "-v", "-k", "cuda or gpu",
+        # a dry run collects the selection only, one "file::test" a line, which the check below counts
+        mode = ["-q", "--collect-only"] if check.dry_run else ["-v"]
+        command = [sys.executable, "-X", "faulthandler", "-m", "pytest", file, *mode, "-k", "cuda or gpu",
                    "-p", "no:cacheprovider"]  # fmt: skip
-        if check.dry_run:  # the selection only, one test a line ("file::test"), which the check below counts
-            command[command.index("-v")] = "-q"
-            command.append("--collect-only")
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
         output = done.stdout + done.stderr
         with log.open("a") as f:

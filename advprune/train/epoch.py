@@ -64,17 +64,13 @@ def _noise(trainer: Trainer, generator: torch.Generator, ids: torch.Tensor, epoc
 
 
 def _augmentation(trainer: Trainer, train: Iterable, x: torch.Tensor, subset) -> Augmentation | None:
-    """The batch's crop and flip as the loader reports it, when perturbation memory needs it (made here at
-    the first batch, sized for the data's ids and the batch's padded frame)."""
+    """The batch's crop and flip as the loader reports it, when perturbation memory needs it (the memory is
+    made at the first batch, for the loader's ids and the batch's padded frame). fit has checked that the
+    loader reports its augmentation, and such a loader (the in-memory one) knows its number of ids."""
     if trainer.attack.reuse is None:
         return None
-    augmentation = train.last_augmentation  # checked at fit: the loader reports its augmentation
-    num_samples = subset.num_samples if subset is not None and subset.num_samples else None
-    if trainer.step.memory is None:
-        if num_samples is None:
-            raise ValueError("perturbation memory needs the number of samples: serve the data with an advprune loader")
-        trainer.step.ensure_memory(num_samples, x, augmentation)
-    return augmentation
+    trainer.step.ensure_memory(subset.num_samples, x, train.last_augmentation)
+    return train.last_augmentation
 
 
 def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:

@@ -16,7 +16,6 @@ import torch
 
 from advprune.attacks import Randomness, uniform_noise
 from advprune.data.augmentation import Augmentation
-from advprune.train.config import REUSE_STORAGES as STORAGES
 
 
 class PerturbationMemory:
@@ -36,10 +35,7 @@ class PerturbationMemory:
         refresh: float = 0.0,
         device: torch.device | str = "cpu",
     ) -> None:
-        if storage not in STORAGES:
-            raise ValueError(f"perturbation storage must be one of {STORAGES}, got {storage!r}")
-        if not 0.0 <= refresh <= 1.0:
-            raise ValueError(f"the perturbation refresh probability must lie in [0, 1], got {refresh!r}")
+        """storage ("int8" or "bf16") and refresh in [0, 1] as AttackConfig has checked them."""
         if not eps > 0:
             raise ValueError(f"perturbation memory needs eps > 0, got {eps!r}")
         dtype = torch.int8 if storage == "int8" else torch.bfloat16
@@ -51,7 +47,9 @@ class PerturbationMemory:
     def frame(self) -> tuple[int, int, int]:
         return tuple(self.store.shape[1:])
 
-    def _check_batch(self, x: torch.Tensor, ids: torch.Tensor, augmentation: Augmentation) -> None:
+    def _check_batch(self, x: torch.Tensor, augmentation: Augmentation) -> None:
+        """The batch's shape against the memory's frames (shapes only: no host sync in the step; the ids are
+        the loader's, below the num_samples the memory was made for)."""
         c, hp, wp = self.frame
         want = (c, hp - 2 * augmentation.padding, wp - 2 * augmentation.padding)
         if tuple(x.shape[1:]) != want:
@@ -59,8 +57,6 @@ class PerturbationMemory:
                 f"perturbation memory holds frames {list(self.frame)} (padding {augmentation.padding}: batches "
                 f"{list(want)}), got a batch of {list(x.shape[1:])}: the data changed since the memory was made"
             )
-        if len(ids) and int(ids.max()) >= len(self.store):
-            raise ValueError(f"sample id {int(ids.max())} is past the memory's {len(self.store)} samples")
 
     def read(self, ids: torch.Tensor, augmentation: Augmentation, height: int, width: int) -> torch.Tensor:
         """The remembered perturbations of `ids` in the batch's frame, float32 [B, C, H, W]."""
@@ -89,7 +85,7 @@ class PerturbationMemory:
     ) -> torch.Tensor:
         """The batch's first iterates: x + its remembered perturbation (projected back into the eps ball by the
         attack), or random_start(x) for the samples never seen and those drawn for a refresh (generator)."""
-        self._check_batch(x, ids, augmentation)
+        self._check_batch(x, augmentation)
         delta = self.read(ids, augmentation, x.shape[2], x.shape[3])
         start = (x.float() + delta).clamp_(0, 1).to(x.dtype)  # the attack lays it out as x (given_start)
         fresh = ~self.seen[ids]
