@@ -11,14 +11,22 @@ A sweep config (TOML) has three tables:
               fractions = [0.6, 0.4, 0.2]; seeds = [0, 1, 2]
               (a spec without {fraction} runs once per seed; "none" is the full data)
     [eval]    n = 1000; pgd_steps = 50; autoattack_stages = "apgd-ce,apgd-t" (or "standard")
+
+Several sweep processes may share one sweep folder (one per core or machine): each claims a run's folder
+before it starts it and skips the runs another has claimed; `only` restricts a process to some runs.
 """
 
 from __future__ import annotations
 
+import fcntl
+import fnmatch
 import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +79,34 @@ def grid_runs(grid: dict) -> list[GridRun]:
             else:
                 runs.append(GridRun(spec, float("nan"), seed))
     return runs
+
+
+def select_runs(runs: list[GridRun], only: list[str] | None) -> list[GridRun]:
+    """The runs whose names match one of the shell patterns in only ("full-*", "random-0.2-seed?"), in grid
+    order; all of them for None. A pattern that matches no run is a mistake worth naming."""
+    if not only:
+        return runs
+    unmatched = [pattern for pattern in only if not any(fnmatch.fnmatchcase(r.name, pattern) for r in runs)]
+    if unmatched:
+        names = ", ".join(r.name for r in runs[:6])
+        raise ValueError(f"--only {', '.join(unmatched)} matches no run of the grid (its runs: {names}, ...)")
+    return [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in only)]
+
+
+@contextmanager
+def _flock(path: Path, blocking: bool) -> Iterator[bool]:
+    """Holds an exclusive flock on path for the block; yields False (holding nothing) when another process
+    has it and blocking is False. The kernel drops the lock when its process dies, so none is ever stale."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _flags(options: dict) -> list[str]:
@@ -183,28 +219,47 @@ def result_line(run: GridRun, folder: Path, pgd: dict, autoattack: dict, seconds
     }
 
 
-def run_sweep(config: dict, out: str | Path, log=print) -> list[dict]:
-    """Runs every grid run not yet in out/results.jsonl; returns all the result lines."""
+def run_sweep(config: dict, out: str | Path, log=print, only: list[str] | None = None) -> list[dict]:
+    """Runs every grid run (of those matching only) not yet in out/results.jsonl nor claimed by another sweep
+    process; returns all the result lines written so far."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results_file = out / "results.jsonl"
-    done = {line["run"]: line for line in _finished(results_file)}
+    runs = select_runs(grid_runs(config["grid"]), only)
     write_bytes_atomic(out / "sweep.json", json.dumps(config, indent=1).encode())
-    for run in grid_runs(config["grid"]):
-        if run.name in done:
+    for run in runs:
+        if run.name in _results(out):
             continue
         folder = out / "runs" / run.name
         folder.mkdir(parents=True, exist_ok=True)
-        logfile = folder / "sweep.log"
-        _add_seconds(folder, "train", _train(run, folder, config["train"], logfile))
-        pgd, autoattack, eval_s = _evaluate(folder, config.get("eval", {}), logfile, config["train"])
-        line = result_line(run, folder, pgd, autoattack, _add_seconds(folder, "eval", eval_s))
-        with results_file.open("a") as f:  # one line, flushed: a kill loses at most the run in progress
-            f.write(json.dumps(line) + "\n")
-            f.flush()
-        done[run.name] = line
+        with _flock(folder / "sweep.lock", blocking=False) as claimed:
+            if not claimed:
+                log(f"{run.name}: another sweep process has it, skipped")
+                continue
+            if run.name in _results(out):  # finished by another process since the first look
+                continue
+            line = _run_and_evaluate(run, folder, config)
+        with _flock(out / "results.lock", blocking=True):
+            _finished(out / "results.jsonl")  # cuts a line torn by a kill before this one is appended
+            with (out / "results.jsonl").open("a") as f:  # one line, flushed: a kill loses at most one run
+                f.write(json.dumps(line) + "\n")
+                f.flush()
         log(f"{run.name}: clean {line['clean_acc']:.3f}, PGD {line['pgd_acc']:.3f}, AA {line['autoattack_acc']:.3f}")
-    return list(done.values())
+    return list(_results(out).values())
+
+
+def _run_and_evaluate(run: GridRun, folder: Path, config: dict) -> dict:
+    """Trains (or finishes) and evaluates one run; its results line."""
+    logfile = folder / "sweep.log"
+    _add_seconds(folder, "train", _train(run, folder, config["train"], logfile))
+    pgd, autoattack, eval_s = _evaluate(folder, config.get("eval", {}), logfile, config["train"])
+    return result_line(run, folder, pgd, autoattack, _add_seconds(folder, "eval", eval_s))
+
+
+def _results(out: Path) -> dict[str, dict]:
+    """The finished runs' result lines by run name, read under the results lock (another sweep process may
+    be appending)."""
+    with _flock(out / "results.lock", blocking=True):
+        return {line["run"]: line for line in _finished(out / "results.jsonl")}
 
 
 def _add_seconds(folder: Path, phase: str, seconds: float) -> dict[str, float]:

@@ -12,7 +12,7 @@ import pytest
 from advprune.cli import main
 from advprune.data.readers import FASHION_MNIST_DIR
 from advprune.report import group_rows, markdown_table, report, welch_p
-from advprune.sweep import grid_runs, load_sweep, run_sweep
+from advprune.sweep import grid_runs, load_sweep, run_sweep, select_runs
 
 pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
 
@@ -152,3 +152,38 @@ def test_a_copied_results_file_reports_wall_shares_and_resumed_runs_without_run_
     row = next(line for line in text.splitlines() if line.startswith("| random:0.5 |"))
     assert f"({share:.2f}x)*" in row
     assert "(1.00x) |" in next(line for line in text.splitlines() if line.startswith("| full |"))
+
+
+def test_only_selects_runs_by_pattern_and_names_a_pattern_that_matches_none(tmp_path, capsys):
+    runs = grid_runs(CONFIG["grid"])
+    picked = select_runs(runs, ["full-*", "random-0.5-seed1"])
+    assert [r.name for r in picked] == ["full-seed0", "full-seed1", "random-0.5-seed1"]
+    with pytest.raises(ValueError, match="--only dynamic-\\*, x matches no run of the grid"):
+        select_runs(runs, ["full-*", "dynamic-*", "x"])
+    config = tmp_path / "grid.toml"
+    config.write_text('[train]\ndataset = "fashion-mnist"\n[grid]\nspecs = ["none"]\nseeds = [0]\n')
+    assert main(["sweep", str(config), "--out", str(tmp_path / "out"), "--only", "random-*"]) == 2
+    assert "--only random-* matches no run of the grid (its runs: full-seed0" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_a_run_another_sweep_process_holds_is_skipped_then_run_once_free(tmp_path):
+    """Two sweep processes on one folder: a run whose folder another has claimed is left to it (no second
+    training in the same folder, no second results line); once the claim is gone, a later call runs it."""
+    import fcntl
+    import os
+
+    out, only = tmp_path / "sweep", ["random-0.5-seed0"]
+    folder = out / "runs" / "random-0.5-seed0"
+    folder.mkdir(parents=True)
+    fd = os.open(folder / "sweep.lock", os.O_RDWR | os.O_CREAT)  # another process's claim (an fd of its own)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    said = []
+    try:
+        assert run_sweep(CONFIG, out, log=said.append, only=only) == []
+    finally:
+        os.close(fd)
+    assert said == ["random-0.5-seed0: another sweep process has it, skipped"]
+    assert not (folder / "metrics.jsonl").exists() and not (out / "results.jsonl").exists()
+    results = run_sweep(CONFIG, out, log=lambda _line: None, only=only)
+    assert [r["run"] for r in results] == ["random-0.5-seed0"] and results[0]["samples"] == 2 * 160

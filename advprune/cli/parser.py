@@ -189,6 +189,13 @@ def _sweep_parsers(commands) -> None:
     s = commands.add_parser("sweep", help="a resumable grid of (strategy, fraction, seed) runs, results.jsonl")
     s.add_argument("sweep_config", metavar="CONFIG", help="a sweep TOML file, or a preset: paper-cifar10-cpu, ...")
     s.add_argument("--out", default=None, help="the sweep folder (default: sweeps/CONFIG)")
+    s.add_argument(
+        "--only",
+        default=None,
+        type=lambda text: [p.strip() for p in text.split(",") if p.strip()],
+        help="run only the runs whose names match these comma-separated patterns ('full-*,random-0.2-*'); "
+        "several sweep processes may share one folder, each skipping the runs another has started",
+    )
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(run=sweep_command)
     r = commands.add_parser("report", help="a sweep's (or a run's) table and plots: report.md and PNGs")
