@@ -102,11 +102,14 @@ def static_indices(
 def dynamic_pruner(
     spec: PruneSpec, num_samples: int, epochs: int, seed: int = 0, pool: torch.Tensor | None = None
 ) -> DynamicPruner | KeepHardPruner:
-    """dynamic:R drops a share R of the below-mean-loss samples each epoch; keep-hard:F keeps a share F."""
+    """dynamic:R drops a share R of the below-mean-loss samples each epoch; keep-hard:F keeps a share F,
+    hardest first; resample:F a fresh random share F each epoch (static random's budget, all the data seen)."""
     if spec.method == "dynamic":
         return DynamicPruner(num_samples, epochs, ratio=spec.fraction, seed=seed, pool=pool)
     if spec.method == "keep-hard":
         return KeepHardPruner(num_samples, epochs, keep=spec.fraction, seed=seed, pool=pool)
+    if spec.method == "resample":  # keep-hard's choice with all of the budget explored: no loss consulted
+        return KeepHardPruner(num_samples, epochs, keep=spec.fraction, explore=1.0, seed=seed, pool=pool)
     raise ValueError(f"{spec.method} is a static selector, not a dynamic pruner")
 
 

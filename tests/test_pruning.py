@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from advprune.prune_setup import dynamic_pruner
 from advprune.pruning import (
     METHODS,
     DynamicPruner,
@@ -302,6 +303,17 @@ def test_keep_hard_pruner_keeps_the_highest_losses_and_explores():
     assert torch.equal(ids, again.epoch_indices(1))  # the state reproduces the subset
 
 
+def test_resample_draws_a_fresh_random_share_each_epoch_whatever_the_losses():
+    pool = torch.arange(0, 1000, 2)  # validation ids (the odd ones) are never drawn
+    pruner = dynamic_pruner(parse_spec("resample:0.2"), 1000, epochs=5, seed=4, pool=pool)
+    pruner.update(pool, torch.arange(len(pool), dtype=torch.float32))  # losses that keep-hard would follow
+    epochs = [pruner.epoch_indices(e) for e in range(5)]
+    assert all(len(ids) == 100 and bool((ids % 2 == 0).all()) for ids in epochs)
+    assert len(set().union(*(set(ids.tolist()) for ids in epochs))) > 300  # five fifths: most of the pool
+    hardest = set(pool[-100:].tolist())
+    assert len(set(epochs[1].tolist()) & hardest) < 50  # about 20 expected; keep-hard would take all 100
+
+
 # -------------------------------------------------------------------- specs
 
 
@@ -321,6 +333,7 @@ def test_keep_hard_pruner_keeps_the_highest_losses_and_explores():
         ("both-ends:0.3:adv_el2n", "both-ends", 0.3, "adv_el2n"),
         ("dynamic:0.5", "dynamic", 0.5, None),
         ("keep-hard:0.5", "keep-hard", 0.5, None),
+        ("resample:0.2", "resample", 0.2, None),
     ],
 )
 def test_parse_spec(text, method, fraction, score):

@@ -72,7 +72,8 @@ def _add_pruning_options(t: argparse.ArgumentParser) -> None:
         "--prune",
         default=None,
         metavar="SPEC",
-        help="random:0.2 | balanced:0.2 | el2n:0.4 | ccs:0.3 | forgetting:0.5 | dynamic:0.5 | keep-hard:0.5",
+        help="random:0.2 | balanced:0.2 | el2n:0.4 | ccs:0.3 | forgetting:0.5 | dynamic:0.5 | keep-hard:0.5 "
+        "| resample:0.2 (a fresh random share each epoch)",
     )
     t.add_argument("--scores", default=None, metavar="FILE", help="scores (.npz from advprune score) for --prune")
     t.add_argument("--class-balanced", action="store_true", help="apply a score-based selector inside each class")

@@ -1,5 +1,5 @@
 """Pruning specs as the command line writes them: `random:0.2`, `balanced:0.2`,
-`el2n:0.4`, `ccs:0.3`, `forgetting:0.5`, `dynamic:0.5`, `keep-hard:0.5`, the seed paper's
+`el2n:0.4`, `ccs:0.3`, `forgetting:0.5`, `dynamic:0.5`, `keep-hard:0.5`, `resample:0.2`, the seed paper's
 `low:0.4`, `high:0.4` and `low+high:0.4` (by the adversarial loss), and the general
 `hardest:0.4:SCORE`, `easiest:0.4:SCORE`, `both-ends:0.4:SCORE`, `ccs:0.3:SCORE`."""
 
@@ -16,13 +16,13 @@ SCORE_NAMES = (
 STATIC = ("random", "balanced", "hardest", "easiest", "both-ends", "ccs")
 # the seed paper's names (Kaufmann et al. 2022), ranked by the adversarial loss unless a score is given
 PAPER_NAMES = {"low": "easiest", "high": "hardest", "low+high": "both-ends"}
-DYNAMIC = ("dynamic", "keep-hard")
-EXAMPLES = "random:0.2, balanced:0.2, el2n:0.4, ccs:0.3, forgetting:0.5, dynamic:0.5, keep-hard:0.5"
+DYNAMIC = ("dynamic", "keep-hard", "resample")
+EXAMPLES = "random:0.2, balanced:0.2, el2n:0.4, ccs:0.3, forgetting:0.5, dynamic:0.5, keep-hard:0.5, resample:0.2"
 
 
 @dataclass(frozen=True)
 class PruneSpec:
-    """method: a static selector or dynamic / keep-hard; fraction: the share kept (for dynamic:
+    """method: a static selector or dynamic / keep-hard / resample; fraction: the share kept (for dynamic:
     the share of below-mean-loss samples dropped each epoch); score: the score a selector ranks by."""
 
     method: str
