@@ -4,6 +4,7 @@ package and the pip extra that installs it."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 
@@ -18,6 +19,14 @@ def load_toml(text: str, *, purpose: str) -> dict:
     except ImportError:  # Python 3.10
         tomllib = require("tomli", extra="toml", purpose=f"{purpose} on Python 3.10")
     return tomllib.loads(text)
+
+
+def require_installed(package: str, *, extra: str, purpose: str) -> None:
+    """MissingDependency (as require) unless `package` is installed, without importing it: for a process
+    that only hands the work to a child (importing ffcv here starts numba's TBB layer, whose teardown at
+    exit could hang this process forever once a signal had cut its child short)."""
+    if importlib.util.find_spec(package) is None:
+        raise MissingDependency(f"{purpose} needs {package}, which is not installed: pip install 'advprune[{extra}]'")
 
 
 def require(module: str, *, extra: str, purpose: str) -> ModuleType:

@@ -278,3 +278,20 @@ def test_prepare_interrupted_leaves_no_process_shared_memory_or_partial_file(tmp
     assert set(os.listdir("/dev/shm")) - shm_before == set()
     assert set(processes_with("resource_tracker import main")) <= trackers_before  # its tracker ended too
     assert list(tmp_path.iterdir()) == []  # no partial file, no temporary
+
+
+def test_the_beton_writers_caller_never_imports_ffcv(tmp_path):
+    """The writer runs in a child process group; were ffcv imported in the caller too, numba's TBB layer
+    would come with it, and its teardown at exit hung the caller forever after a signal (seen on one core:
+    SIGTERM or SIGINT while writing, the process left waiting on a futex in unload_tbb)."""
+    pytest.importorskip("ffcv")
+    script = (
+        "import sys, numpy as np\n"
+        "from advprune.data import write_beton\n"
+        "images = np.random.default_rng(0).integers(0, 256, (20, 4, 4, 1), dtype=np.uint8)\n"
+        f"write_beton({str(tmp_path / 'small.beton')!r}, images, np.arange(20) % 3)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ffcv', 'numba')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]" and (tmp_path / "small.beton").stat().st_size > 20 * 16

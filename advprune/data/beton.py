@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advprune._deps import require
+from advprune._deps import require, require_installed
 from advprune._files import disk_full, write_atomic
 from advprune._process_group import run_in_group
 from advprune.data.readers import check_arrays
@@ -62,7 +62,7 @@ def write_beton(
         raise FileExistsError(f"{path} exists: pass force=True (--force) to overwrite it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the folder {path.parent} does not exist")
-    require("ffcv", extra="ffcv", purpose="writing a .beton file")
+    require_installed("ffcv", extra="ffcv", purpose="writing a .beton file")  # imported in the writer's process
     images = np.ascontiguousarray(images)
     labels = labels.astype(np.int64)
     size = images.nbytes + 64 * len(labels)  # the pixels and a page-aligned allocation table, about
