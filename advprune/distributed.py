@@ -6,7 +6,8 @@ nothing of torch.distributed, so a single-process run never pays for it.
 
 The Trainer uses it for what must agree across ranks: the per-sample results every pruner sees
 (gathered), the epoch's metrics (summed, seconds as the maximum), validation counts (summed),
-and a barrier after rank 0 writes a checkpoint.
+the perturbation memory's rows (each from the rank that wrote it), and a barrier after rank 0
+writes a checkpoint.
 """
 
 from __future__ import annotations
@@ -95,6 +96,24 @@ class World:
 
     def max(self, values: torch.Tensor) -> torch.Tensor:
         return self._reduce(values, "MAX")
+
+    def min(self, values: torch.Tensor) -> torch.Tensor:
+        return self._reduce(values, "MIN")
+
+    def rows_from_owners(self, rows: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """rows (one shape on every rank) with row i replaced, on every rank, by rank owner[i]'s row i; a row
+        whose owner is `size` (no rank) keeps its value. Exact for every dtype in one all-reduce: each rank
+        zeroes the rows it does not own and the ranks sum the bytes, to which only the owner adds."""
+        if not self.distributed:
+            return rows
+        import torch.distributed as dist
+
+        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        owner = owner.to(rows.device).view(-1, *[1] * (rows.dim() - 1))
+        mine = torch.where(owner == self.rank, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
+        raw = mine.to(backend_device).contiguous().view(torch.uint8)
+        _checked(dist.all_reduce, raw, op=dist.ReduceOp.SUM)
+        return torch.where(owner < self.size, raw.view(rows.dtype).to(rows.device), rows)
 
     def _reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
         if not self.distributed:

@@ -1,6 +1,7 @@
 """The body of one rank in the distributed tests (torch.multiprocessing.spawn, gloo on the CPU): it trains
-a small CNN on synthetic data with a pruner and saves what the tests compare (the ids it served each
-epoch, the ids every observer saw, the pruner's state, the final weights, the DDP all-reduces)."""
+a small CNN on synthetic data with a pruner (or perturbation memory: kind "reuse") and saves what the
+tests compare (the ids it served each epoch, the ids every observer saw, the pruner's state, the memory,
+the final weights, the DDP all-reduces)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def run(rank: int, world_size: int, port: int, out: str, kind: str, batch_size: 
     loader = make_loader(synthetic_data(), batch_size=batch_size, seed=0)
     trainer = Trainer(
         model,
-        AttackConfig("pgd", eps=0.1, steps=2),
+        AttackConfig("pgd", eps=0.1, steps=2, reuse="int8" if kind == "reuse" else None),
         epochs=3,
         optim=OptimConfig(lr=0.05, schedule="cosine"),
         run=RunConfig(device="cpu", amp=None, quiet=True, world=world, keyed_noise=True),
@@ -86,10 +87,10 @@ def run(rank: int, world_size: int, port: int, out: str, kind: str, batch_size: 
         trainer.step.train_forward.register_comm_hook(allreduces, _counting_allreduce)
     perturb = trainer.step.perturb
 
-    def checked_perturb(x, y, generator):
+    def checked_perturb(x, y, generator, start=None):
         before = len(allreduces)
         grads = [p.grad.clone() if p.grad is not None else None for p in trainer.model.parameters()]
-        x_adv = perturb(x, y, generator)
+        x_adv = perturb(x, y, generator, start)
         untouched = all(
             (g is None and p.grad is None) or (g is not None and torch.equal(g, p.grad))
             for g, p in zip(grads, trainer.model.parameters(), strict=True)
@@ -117,6 +118,7 @@ def run(rank: int, world_size: int, port: int, out: str, kind: str, batch_size: 
             "columns": columns,
             "weights": trainer.model.state_dict(),
             "pruner": pruner.state_dict() if pruner is not None else None,
+            "memory": trainer.step.memory.state_dict() if trainer.step.memory is not None else None,
             "allreduces": len(allreduces),
             "attack_checks": attack_checks,
         },

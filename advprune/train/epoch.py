@@ -117,6 +117,8 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
         correct += (logits.argmax(1) == y).sum()
         tick = time.perf_counter()
     t.step.check_finite(epoch)
+    if t.step.memory is not None:
+        t.step.memory.share_ranks(t.world)
     t.steps_per_epoch = steps or t.steps_per_epoch
     elapsed = [time.perf_counter() - start, scoring_pass_seconds, *timing.values()]
     seconds = t.world.max(torch.tensor(elapsed, dtype=torch.float64)).tolist()

@@ -5,7 +5,8 @@ Augmentation moves pixels, so the memory holds each perturbation in the sample's
 image with the loader's zero padding around it) and maps it through each batch's crop and flip, which the
 loader reports (advprune's in-memory loader: `last_augmentation`): a pixel's perturbation stays on the same
 source pixel whatever window and flip the next epoch draws. Stored compactly: int8 in units of eps / 127
-(|delta_i| <= eps in both norms), or bfloat16; on the training device.
+(|delta_i| <= eps in both norms), or bfloat16; on the training device. Under torch.distributed every rank
+holds the whole memory, and the ranks share what they wrote at the end of each epoch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from advprune.attacks import Randomness, uniform_noise
 from advprune.data.augmentation import Augmentation
+from advprune.distributed import World
 
 
 class PerturbationMemory:
@@ -41,6 +43,7 @@ class PerturbationMemory:
         dtype = torch.int8 if storage == "int8" else torch.bfloat16
         self.store = torch.zeros((num_samples, *frame), dtype=dtype, device=device)
         self.seen = torch.zeros(num_samples, dtype=torch.bool, device=device)
+        self.written = torch.zeros(num_samples, dtype=torch.bool, device=device)  # since the last share_ranks
         self.eps, self.storage, self.refresh = float(eps), storage, float(refresh)
 
     @property
@@ -74,6 +77,19 @@ class PerturbationMemory:
             values = (values * (127 / self.eps)).round_().clamp_(-127, 127)
         self.store[ids[:, None, None], :, rows, cols] = values.to(self.store.dtype)
         self.seen[ids] = True
+        self.written[ids] = True
+
+    def share_ranks(self, world: World) -> None:
+        """Under torch.distributed, at the end of an epoch: every rank takes the rows each rank wrote in it (the
+        lowest rank's, where the shards' padding had two ranks train one sample), so that a sample's next
+        attack starts from its last perturbation whichever rank draws it. One all-reduce of the memory an
+        epoch; a row is read at most once an epoch, so this is the same as sharing after every step."""
+        if world.distributed:
+            writer = torch.where(self.written, world.rank, world.size).to(torch.float64)
+            owner = world.min(writer).to(torch.int64)
+            self.store = world.rows_from_owners(self.store, owner)
+            self.seen |= owner.to(self.seen.device) < world.size
+        self.written.zero_()
 
     def starts(
         self,

@@ -34,15 +34,10 @@ def _check_hooks(pruner: object | None, trackers: Sequence[object]) -> None:
             )
 
 
-def _check_reuse(attack: AttackConfig, train: Iterable, world: World) -> None:
-    """Perturbation memory needs each batch's crop and flip, and every sample's memory in one process."""
+def _check_reuse(attack: AttackConfig, train: Iterable) -> None:
+    """Perturbation memory needs each batch's crop and flip."""
     if attack.reuse is None:
         return
-    if world.distributed:
-        raise ValueError(
-            "reuse (perturbation memory) is not supported under torch.distributed: a sample's perturbation "
-            "would have to follow it from rank to rank; train without reuse or in one process"
-        )
     if not getattr(train, "reports_augmentation", False):
         raise TypeError(
             f"reuse (perturbation memory) maps each stored perturbation through the batch's crop and flip, "
@@ -133,7 +128,7 @@ class Trainer:
                 "subset: use an advprune loader (make_loader) or a DataLoader with "
                 "sampler=advprune.pruning.PrunedSampler(..., num_samples=N)"
             )
-        _check_reuse(self.attack, train, self.world)
+        _check_reuse(self.attack, train)
         if self.world.distributed:
             subset.set_shard(self.world.rank, self.world.size, loader_batch_size(train) or 1)
         resume = resume or resume_from is not None
