@@ -7,9 +7,12 @@ samples trained, and the wall time split into training, scoring and evaluation.
 A sweep config (TOML) has three tables:
 
     [train]   the `advprune train` flags shared by every run (dataset, model, attack, eps, epochs, ...)
-    [grid]    specs = ["none", "random:{fraction}", "low+high:{fraction}", "dynamic:0.5"]
+    [grid]    specs = ["none", "random:{fraction}", "low+high:{fraction}", "dynamic:0.5",
+                       {name = "resample+reuse", prune = "resample:{fraction}",
+                        train = {reuse_perturbation = "int8"}}]
               fractions = [0.6, 0.4, 0.2]; seeds = [0, 1, 2]
-              (a spec without {fraction} runs once per seed; "none" is the full data)
+              (a spec without {fraction} runs once per seed; "none" is the full data; a table is a named
+              variant: its prune spec with train options of its own over [train]'s)
     [eval]    n = 1000; pgd_steps = 50; autoattack_stages = "apgd-ce,apgd-t" (or "standard")
 
 Several sweep processes may share one sweep folder (one per core or machine): each claims a run's folder
@@ -39,16 +42,23 @@ PRESETS = Path(__file__).parent / "presets"
 
 @dataclass(frozen=True)
 class GridRun:
-    """One run of the grid: its prune spec (None: full data), the fraction it keeps, its seed."""
+    """One run of the grid: its prune spec (None: full data), the fraction it keeps, its seed; a named
+    variant's label ("resample+reuse:0.2", else the spec) and its own train options."""
 
     spec: str | None
     fraction: float
     seed: int
+    label: str | None = None
+    train: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def shown(self) -> str:
+        """What the results and the report call it: the variant's label, the spec, or "full"."""
+        return self.label or self.spec or "full"
 
     @property
     def name(self) -> str:
-        label = (self.spec or "full").replace(":", "-").replace("+", "_")
-        return f"{label}-seed{self.seed}"
+        return f"{self.shown.replace(':', '-').replace('+', '_')}-seed{self.seed}"
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -71,14 +81,29 @@ def grid_runs(grid: dict) -> list[GridRun]:
     short has whole seeds of every strategy rather than all seeds of a few."""
     runs = []
     for seed in grid.get("seeds", [0]):
-        for spec in grid["specs"]:
-            if spec == "none":
-                runs.append(GridRun(None, 1.0, seed))
-            elif "{fraction}" in spec:
-                runs += [GridRun(spec.format(fraction=f), f, seed) for f in grid.get("fractions", [])]
-            else:
-                runs.append(GridRun(spec, float("nan"), seed))
+        for entry in grid["specs"]:
+            runs += _entry_runs(entry, grid.get("fractions", []), seed)
     return runs
+
+
+def _entry_runs(entry: str | dict, fractions: list[float], seed: int) -> list[GridRun]:
+    """The runs of one [grid] specs entry for one seed: a spec string, or a variant table (name, prune,
+    train)."""
+    if isinstance(entry, dict):
+        unknown = set(entry) - {"name", "prune", "train"}
+        if unknown or "name" not in entry or "prune" not in entry:
+            raise ValueError(f"a [grid] variant is {{name = ..., prune = ..., train = {{...}}}}, got {entry}")
+        options = tuple(sorted(entry.get("train", {}).items()))
+        label = entry["name"] + (":{fraction}" if "{fraction}" in entry["prune"] else "")
+        return [
+            GridRun(run.spec, run.fraction, seed, label.format(fraction=run.fraction), options)
+            for run in _entry_runs(entry["prune"], fractions, seed)
+        ]
+    if entry == "none":
+        return [GridRun(None, 1.0, seed)]
+    if "{fraction}" in entry:
+        return [GridRun(entry.format(fraction=f), f, seed) for f in fractions]
+    return [GridRun(entry, float("nan"), seed)]
 
 
 def select_runs(runs: list[GridRun], only: list[str] | None) -> list[GridRun]:
@@ -151,7 +176,7 @@ def _train(run: GridRun, folder: Path, train: dict, log: Path) -> float:
     epochs = epoch_records(read_run_metrics(folder))
     if epochs and epochs[-1]["epoch"] + 1 >= train["epochs"] and (folder / "last.pt").exists():
         return 0.0
-    args = ["train", *_flags({**train, "seed": run.seed}), "--out", str(folder), "--quiet"]
+    args = ["train", *_flags({**train, **dict(run.train), "seed": run.seed}), "--out", str(folder), "--quiet"]
     if run.spec is not None:
         args += ["--prune", run.spec]
     if (folder / "last.pt").exists():
@@ -200,7 +225,9 @@ def result_line(run: GridRun, folder: Path, pgd: dict, autoattack: dict, seconds
     scoring += sum(r.get("scoring_pass_seconds", 0.0) for r in epochs)
     return {
         "run": run.name,
-        "spec": run.spec or "full",
+        "spec": run.shown,
+        "prune": run.spec,
+        "train_options": dict(run.train),
         "fraction": run.fraction,
         "seed": run.seed,
         "clean_acc": pgd["clean_acc"],

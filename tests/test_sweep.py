@@ -187,3 +187,25 @@ def test_a_run_another_sweep_process_holds_is_skipped_then_run_once_free(tmp_pat
     assert not (folder / "metrics.jsonl").exists() and not (out / "results.jsonl").exists()
     results = run_sweep(CONFIG, out, log=lambda _line: None, only=only)
     assert [r["run"] for r in results] == ["random-0.5-seed0"] and results[0]["samples"] == 2 * 160
+
+
+def test_a_named_variant_runs_its_spec_with_train_options_of_its_own(tmp_path, monkeypatch):
+    import advprune.sweep as sweep_module
+
+    grid = {
+        "specs": ["random:{fraction}", {"name": "random+reuse", "prune": "random:{fraction}",
+                                        "train": {"reuse_perturbation": "int8", "steps": 2}}],
+        "fractions": [0.5],
+        "seeds": [3],
+    }  # fmt: skip
+    plain, variant = grid_runs(grid)
+    assert (plain.name, plain.shown) == ("random-0.5-seed3", "random:0.5")
+    assert (variant.name, variant.shown, variant.spec) == ("random_reuse-0.5-seed3", "random+reuse:0.5", "random:0.5")
+    calls = []
+    monkeypatch.setattr(sweep_module, "_advprune", lambda args, log: calls.append(args) or 1.0)
+    sweep_module._train(variant, tmp_path, {"dataset": "cifar10", "steps": 1}, tmp_path / "log")
+    args = calls[0]
+    assert args[args.index("--reuse-perturbation") + 1] == "int8" and args[args.index("--steps") + 1] == "2"
+    assert args[args.index("--prune") + 1] == "random:0.5" and args.count("--steps") == 1
+    with pytest.raises(ValueError, match="a \\[grid\\] variant is"):
+        grid_runs({"specs": [{"name": "x"}], "seeds": [0]})
