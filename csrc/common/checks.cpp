@@ -41,13 +41,13 @@ void check_float_tensor(const char* op, const char* name, const at::Tensor& t) {
 
 void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x_adv) {
   check_float_tensor(op, name, t);
-  TORCH_CHECK_VALUE(t.sizes() == x_adv.sizes(), op, ": ", name, " has shape ", t.sizes(),
-                    " but x_adv has shape ", x_adv.sizes(), "; they must match");
+  TORCH_CHECK_VALUE(t.sizes() == x_adv.sizes(), op, ": ", name, " has shape ", text(t.sizes()),
+                    " but x_adv has shape ", text(x_adv.sizes()), "; they must match");
   TORCH_CHECK_TYPE(t.scalar_type() == x_adv.scalar_type(), op, ": ", name, " has dtype ",
                    dtype_name(t.scalar_type()), " but x_adv has dtype ", dtype_name(x_adv.scalar_type()),
                    "; they must match");
-  TORCH_CHECK_VALUE(t.device() == x_adv.device(), op, ": ", name, " is on ", t.device(),
-                    " but x_adv is on ", x_adv.device(), "; they must be on the same device");
+  TORCH_CHECK_VALUE(t.device() == x_adv.device(), op, ": ", name, " is on ", text(t.device()),
+                    " but x_adv is on ", text(x_adv.device()), "; they must be on the same device");
 }
 
 // Dense, with each slice along dim 0 one contiguous block.
@@ -80,16 +80,16 @@ Norm check_pgd_call(const char* op, c10::DeviceType kernel_device, const at::Ten
                     ": x_adv must have a batch dimension (dim 0), got a 0-d tensor");
   if (grad.has_value()) check_like(op, "grad", *grad, x_adv);
   check_like(op, "x_nat", x_nat, x_adv);
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", eps);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", text(eps));
   if (step_size.has_value()) {
     TORCH_CHECK_VALUE(std::isfinite(*step_size) && *step_size >= 0, op,
-                      ": step_size must be finite and >= 0, got ", *step_size);
+                      ": step_size must be finite and >= 0, got ", text(*step_size));
   }
   TORCH_CHECK_VALUE(!std::isnan(clip_min) && !std::isnan(clip_max) && clip_min <= clip_max, op,
-                    ": clip_min must be <= clip_max, got clip_min=", clip_min,
-                    " and clip_max=", clip_max);
-  TORCH_CHECK_VALUE(x_adv.device().type() == kernel_device, op, ": the ", kernel_device,
-                    " kernel got x_adv on ", x_adv.device());
+                    ": clip_min must be <= clip_max, got clip_min=", text(clip_min),
+                    " and clip_max=", text(clip_max));
+  TORCH_CHECK_VALUE(x_adv.device().type() == kernel_device, op, ": the ", text(c10::Device(kernel_device)),
+                    " kernel got x_adv on ", text(x_adv.device()));
   return which;
 }
 
@@ -113,17 +113,17 @@ void check_scores_args(const at::Tensor& logits, const at::Tensor& labels, bool 
   constexpr const char* op = "advprune.sample_scores";
   check_float_tensor(op, "logits", logits);
   TORCH_CHECK_VALUE(logits.dim() == 2, op, ": logits must be 2-D [N, C], got shape ",
-                    logits.sizes());
+                    text(logits.sizes()));
   TORCH_CHECK_VALUE(logits.size(1) >= 2, op, ": logits need at least 2 classes, got shape ",
-                    logits.sizes());
+                    text(logits.sizes()));
   TORCH_CHECK_TYPE(labels.defined(), op, ": labels is None; expected an int64 tensor");
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ",
                    dtype_name(labels.scalar_type()));
   TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == logits.size(0), op,
-                    ": labels must have shape [", logits.size(0), "] to match logits ",
-                    logits.sizes(), ", got ", labels.sizes());
-  TORCH_CHECK_VALUE(labels.device() == logits.device(), op, ": labels are on ", labels.device(),
-                    " but logits are on ", logits.device());
+                    ": labels must have shape [", text(logits.size(0)), "] to match logits ",
+                    text(logits.sizes()), ", got ", text(labels.sizes()));
+  TORCH_CHECK_VALUE(labels.device() == logits.device(), op, ": labels are on ", text(labels.device()),
+                    " but logits are on ", text(logits.device()));
   if (check_labels && labels.numel() > 0) {
     // One small reduction (a device sync on CUDA) buys a clear error instead of
     // a device-side assert that would end the CUDA context.
@@ -131,8 +131,8 @@ void check_scores_args(const at::Tensor& logits, const at::Tensor& labels, bool 
     const int64_t min_label = lo.item<int64_t>();
     const int64_t max_label = hi.item<int64_t>();
     TORCH_CHECK_VALUE(min_label >= 0 && max_label < logits.size(1), op,
-                      ": labels must lie in [0, ", logits.size(1), "), got values from ",
-                      min_label, " to ", max_label);
+                      ": labels must lie in [0, ", text(logits.size(1)), "), got values from ",
+                      text(min_label), " to ", text(max_label));
   }
 }
 
@@ -140,16 +140,16 @@ void check_kl_args(const char* op, const at::Tensor& logits_p, const at::Tensor&
   check_float_tensor(op, "logits_p", logits_p);
   check_float_tensor(op, "logits_q", logits_q);
   TORCH_CHECK_VALUE(logits_p.dim() == 2, op, ": logits_p must be 2-D [N, C], got shape ",
-                    logits_p.sizes());
+                    text(logits_p.sizes()));
   TORCH_CHECK_VALUE(logits_p.size(1) >= 2, op, ": logits need at least 2 classes, got shape ",
-                    logits_p.sizes());
+                    text(logits_p.sizes()));
   TORCH_CHECK_VALUE(logits_q.sizes() == logits_p.sizes(), op, ": logits_q has shape ",
-                    logits_q.sizes(), " but logits_p has shape ", logits_p.sizes());
+                    text(logits_q.sizes()), " but logits_p has shape ", text(logits_p.sizes()));
   TORCH_CHECK_TYPE(logits_q.scalar_type() == logits_p.scalar_type(), op, ": logits_q has dtype ",
                    dtype_name(logits_q.scalar_type()), " but logits_p has dtype ",
                    dtype_name(logits_p.scalar_type()));
   TORCH_CHECK_VALUE(logits_q.device() == logits_p.device(), op, ": logits_q is on ",
-                    logits_q.device(), " but logits_p is on ", logits_p.device());
+                    text(logits_q.device()), " but logits_p is on ", text(logits_p.device()));
 }
 
 }  // namespace advprune

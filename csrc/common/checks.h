@@ -8,6 +8,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include "text.h"
+
 #include <optional>
 
 namespace advprune {

@@ -65,7 +65,7 @@ void for_each_row(const at::Tensor& p, const at::Tensor& q, const F& f) {
 at::Tensor kl_rows_cpu(const at::Tensor& p_in, const at::Tensor& q_in) {
   check_kl_args("advprune.kl_rows", p_in, q_in);
   TORCH_CHECK_VALUE(p_in.device().is_cpu(), "advprune.kl_rows: the CPU kernel got logits on ",
-                    p_in.device());
+                    text(p_in.device()));
   const at::Tensor p = p_in.contiguous(), q = q_in.contiguous();
   at::Tensor out = at::empty({p.size(0)}, p.options());
   if (p.numel() == 0) return out;
@@ -87,9 +87,9 @@ std::tuple<at::Tensor, at::Tensor> kl_rows_backward_cpu(const at::Tensor& grad_i
   constexpr const char* op = "advprune.kl_rows_backward";
   check_kl_args(op, p_in, q_in);
   TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == p_in.size(0), op,
-                    ": grad must have shape [", p_in.size(0), "], got ", grad_in.sizes());
+                    ": grad must have shape [", text(p_in.size(0)), "], got ", text(grad_in.sizes()));
   TORCH_CHECK_VALUE(p_in.device().is_cpu() && grad_in.device().is_cpu(), op,
-                    ": the CPU kernel got tensors on ", p_in.device(), " and ", grad_in.device());
+                    ": the CPU kernel got tensors on ", text(p_in.device()), " and ", text(grad_in.device()));
   const at::Tensor p = p_in.contiguous(), q = q_in.contiguous();
   at::Tensor dp = at::empty_like(p), dq = at::empty_like(q);
   if (p.numel() == 0) return {dp, dq};

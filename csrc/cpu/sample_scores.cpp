@@ -183,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 sample_scores_cpu(const at::Tensor& logits_in, const at::Tensor& labels_in, bool check_labels) {
   check_scores_args(logits_in, labels_in, check_labels);
   TORCH_CHECK_VALUE(logits_in.device().is_cpu(), "advprune.sample_scores: the CPU kernel got logits on ",
-                    logits_in.device());
+                    text(logits_in.device()));
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor labels = labels_in.contiguous();
   const int64_t n = logits.size(0);

@@ -117,7 +117,7 @@ struct Backward {
 
 at::Tensor kl_rows_cuda(const at::Tensor& p_in, const at::Tensor& q_in) {
   check_kl_args("advprune.kl_rows", p_in, q_in);
-  TORCH_CHECK_VALUE(p_in.is_cuda(), "advprune.kl_rows: the CUDA kernel got logits on ", p_in.device());
+  TORCH_CHECK_VALUE(p_in.is_cuda(), "advprune.kl_rows: the CUDA kernel got logits on ", text(p_in.device()));
   const c10::cuda::CUDAGuard guard(p_in.device());
   const at::Tensor p = p_in.contiguous(), q = q_in.contiguous();
   at::Tensor out = at::empty({p.size(0)}, p.options());
@@ -133,9 +133,9 @@ std::tuple<at::Tensor, at::Tensor> kl_rows_backward_cuda(const at::Tensor& grad_
   constexpr const char* op = "advprune.kl_rows_backward";
   check_kl_args(op, p_in, q_in);
   TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == p_in.size(0), op, ": grad must have shape [",
-                    p_in.size(0), "], got ", grad_in.sizes());
+                    text(p_in.size(0)), "], got ", text(grad_in.sizes()));
   TORCH_CHECK_VALUE(p_in.is_cuda() && grad_in.device() == p_in.device(), op,
-                    ": the CUDA kernel got tensors on ", p_in.device(), " and ", grad_in.device());
+                    ": the CUDA kernel got tensors on ", text(p_in.device()), " and ", text(grad_in.device()));
   const c10::cuda::CUDAGuard guard(p_in.device());
   const at::Tensor p = p_in.contiguous(), q = q_in.contiguous();
   const at::Tensor g = grad_in.to(p.scalar_type()).contiguous();

@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 sample_scores_cuda(const at::Tensor& logits_in, const at::Tensor& labels_in, bool check_labels) {
   check_scores_args(logits_in, labels_in, check_labels);
   TORCH_CHECK_VALUE(logits_in.is_cuda(), "advprune.sample_scores: the CUDA kernel got logits on ",
-                    logits_in.device());
+                    text(logits_in.device()));
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor labels = labels_in.contiguous();
