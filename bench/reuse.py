@@ -1,10 +1,12 @@
-"""Perturbation reuse (ATTA) against fresh attacks, on the main job's setting (Fashion-MNIST, the small CNN,
-eps 0.1, 5 epochs): PGD-2 starting from each sample's last perturbation, fresh PGD-2, and fresh PGD-10, each
-trained with `advprune train` and evaluated with `advprune eval` (AutoAttack's APGD-CE and APGD-T, which
-give the full AutoAttack's figure on this model, on the first --n test images). Resumable: a finished
-(variant, seed) is read back from --out, never redone. Prints a table of mean ± std over the seeds.
+"""Perturbation reuse (ATTA) against fresh attacks: PGD-2 starting from each sample's last perturbation,
+fresh PGD-2, and fresh PGD-10, each trained with `advprune train` and evaluated with `advprune eval`
+(AutoAttack's APGD-CE and APGD-T on the first --n test images). Two settings: the main job's (Fashion-MNIST,
+the small CNN, eps 0.1, 5 epochs; there APGD-CE and APGD-T give the full AutoAttack's figure) and the
+CIFAR-10 CPU preset's (the small residual network, eps 8/255, random crops and flips, one-cycle to 0.2,
+--epochs of them: 15 in the preset). Resumable: a finished (variant, seed) is read back from --out, never
+redone. Prints a table of mean ± std over the seeds.
 
-    python bench/reuse.py [--seeds 0 1 2] [--n 1000] [--out bench/results/reuse]
+    python bench/reuse.py [--setting fashion-mnist|cifar10] [--epochs E] [--seeds 0 1 2] [--n 1000]
 """
 
 from __future__ import annotations
@@ -16,17 +18,28 @@ import statistics
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
-COMMON = ["--dataset", "fashion-mnist", "--model", "small-cnn", "--eps", "0.1", "--epochs", "5",
-          "--batch-size", "128", "--eval-n", "0", "--quiet"]  # fmt: skip
-PGD2 = ["--attack", "pgd", "--steps", "2", "--step-size", "0.05"]
-VARIANTS = {  # folder name: (label, flags)
-    "pgd-2-reuse": ("PGD-2, reuse (int8)", [*PGD2, "--reuse-perturbation", "int8"]),
-    "pgd-2-fresh": ("PGD-2, fresh", PGD2),
-    "pgd-10-fresh": ("PGD-10, fresh", ["--attack", "pgd", "--steps", "10", "--step-size", "0.025"]),
-}
+SETTINGS = {  # name: (the training flags shared by the variants, eps as a string, default epochs, output folder)
+    "fashion-mnist": (["--dataset", "fashion-mnist", "--model", "small-cnn", "--batch-size", "128"], "0.1", 5,
+                      "bench/results/reuse"),
+    "cifar10": (["--dataset", "cifar10", "--data-dir", "data", "--model", "small-resnet", "--batch-size", "512",
+                 "--lr", "0.2", "--lr-schedule", "onecycle", "--val-n", "1000", "--val-every", "5"], "8/255", 15,
+                "bench/results/reuse-cifar10"),
+}  # fmt: skip
 BASELINE = "PGD-10, fresh"  # the time the others are a share of
+
+
+def variants(eps: str) -> dict[str, tuple[str, list[str]]]:
+    """folder name: (label, flags); PGD-2 steps eps/2, PGD-10 eps/4 (the usual 2/255 at 8/255)."""
+    step = Fraction(eps)
+    pgd2 = ["--attack", "pgd", "--steps", "2", "--step-size", str(step / 2)]
+    return {
+        "pgd-2-reuse": ("PGD-2, reuse (int8)", [*pgd2, "--reuse-perturbation", "int8"]),
+        "pgd-2-fresh": ("PGD-2, fresh", pgd2),
+        "pgd-10-fresh": ("PGD-10, fresh", ["--attack", "pgd", "--steps", "10", "--step-size", str(step / 4)]),
+    }
 
 
 def advprune(args: list[str]) -> float:
@@ -36,16 +49,16 @@ def advprune(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_one(slug: str, seed: int, n: int, out: Path) -> dict:
-    name, flags = VARIANTS[slug]
-    folder = out / f"{slug}-seed{seed}"
+def run_one(variant: tuple[str, list[str]], folder: Path, common: list[str], seed: int, n: int) -> dict:
+    name, flags = variant
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    train_s = advprune(["train", *COMMON, *flags, "--seed", str(seed), "--out", str(folder)])
+    train_s = advprune(["train", *common, *flags, "--seed", str(seed), "--out", str(folder)])
     eval_file = folder / "eval_autoattack.json"
+    where = common[common.index("--data-dir") : common.index("--data-dir") + 2] if "--data-dir" in common else []
     eval_s = advprune(["eval", "--checkpoint", str(folder / "last.pt"), "--attack", "autoattack", "--stages",
-                       "apgd-ce,apgd-t", "--n", str(n), "--out", str(eval_file), "--quiet"])  # fmt: skip
+                       "apgd-ce,apgd-t", "--n", str(n), *where, "--out", str(eval_file), "--quiet"])  # fmt: skip
     evaluation = json.loads(eval_file.read_text())
     epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     result = {
@@ -79,18 +92,26 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="fashion-mnist")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the setting's (5 / 15)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--out", default="bench/results/reuse")
+    parser.add_argument("--out", default=None, help="default: bench/results/reuse (-cifar10)")
     args = parser.parse_args()
-    out = Path(args.out)
+    flags, eps, epochs, folder = SETTINGS[args.setting]
+    epochs = args.epochs or epochs
+    out = Path(args.out or folder)
     out.mkdir(parents=True, exist_ok=True)
-    results = [run_one(slug, seed, args.n, out) for seed in args.seeds for slug in VARIANTS]
-    lines = [f"Fashion-MNIST main job, {len(args.seeds)} seeds, AutoAttack (APGD-CE, APGD-T) on the first "
-             f"{args.n} test images; {cpu_name()}", "",
+    common = [*flags, "--eps", eps, "--epochs", str(epochs), "--eval-n", "0", "--quiet"]
+    kinds = variants(eps)
+    results = [
+        run_one(kinds[slug], out / f"{slug}-seed{seed}", common, seed, args.n) for seed in args.seeds for slug in kinds
+    ]
+    lines = [f"{args.setting}, {epochs} epochs, {len(args.seeds)} seeds, AutoAttack (APGD-CE, APGD-T) on the "
+             f"first {args.n} test images; {cpu_name()}", "",
              "| training attack | seeds | clean | AutoAttack | training wall s | vs fresh PGD-10 time |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    by_variant = {label: [r for r in results if r["variant"] == label] for label, _ in VARIANTS.values()}
+    by_variant = {label: [r for r in results if r["variant"] == label] for label, _ in kinds.values()}
     walls = {label: statistics.mean(r["train_wall_s"] for r in rows) for label, rows in by_variant.items()}
     for label, rows in by_variant.items():
         clean = mean_std([100 * r["clean_acc"] for r in rows])
