@@ -55,12 +55,17 @@ def _random_groups(groups) -> dict[float, list[dict]]:
 
 
 def comparison(rows: list[dict], randoms: dict[float, list[dict]], fraction: float) -> dict:
-    """The strategy's AutoAttack gap to random at its fraction and to random at the nearest mean wall time."""
+    """The strategy's AutoAttack gap to random at its fraction (and the share of random's gap to full data it
+    closes there) and to random at the nearest mean wall time."""
     acc = [r["autoattack_acc"] for r in rows]
     out: dict = {}
     if fraction in randoms:
         base = [r["autoattack_acc"] for r in randoms[fraction]]
         out["vs_fraction"] = (statistics.fmean(acc) - statistics.fmean(base), welch_p(acc, base))
+        if 1.0 in randoms and fraction != 1.0:
+            random_gap = statistics.fmean(r["autoattack_acc"] for r in randoms[1.0]) - statistics.fmean(base)
+            if random_gap > 0:
+                out["gap_closed"] = out["vs_fraction"][0] / random_gap
     if randoms:
         wall = statistics.fmean(r["total_s"] for r in rows)
         nearest = min(randoms, key=lambda f: abs(statistics.fmean(r["total_s"] for r in randoms[f]) - wall))
@@ -87,7 +92,8 @@ def markdown_table(results: list[dict]) -> str:
             percent = f"{100 * mean:.1f} ± {100 * std:.1f}%"
             cells.append(_wall(mean, std, full_wall, rows) if key == "total_s" else percent)
         cmp = comparison(rows, randoms, fraction) if not spec.startswith("random:") and spec != "full" else {}
-        cells.append(_gap(*cmp["vs_fraction"]) if "vs_fraction" in cmp else "")
+        closed = f"; closes {100 * cmp['gap_closed']:.0f}% of random's gap to full" if "gap_closed" in cmp else ""
+        cells.append(_gap(*cmp["vs_fraction"]) + closed if "vs_fraction" in cmp else "")
         if "vs_wall" in cmp:
             nearest = cmp["vs_wall"][0]
             cells.append(f"{'full' if nearest == 1.0 else f'random:{nearest:g}'} {_gap(*cmp['vs_wall'][1:])}")

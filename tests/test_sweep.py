@@ -11,7 +11,7 @@ import pytest
 
 from advprune.cli import main
 from advprune.data.readers import FASHION_MNIST_DIR
-from advprune.report import group_rows, markdown_table, report, welch_p
+from advprune.report import _random_groups, comparison, group_rows, markdown_table, report, welch_p
 from advprune.sweep import grid_runs, load_sweep, run_sweep, select_runs
 
 pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
@@ -209,3 +209,14 @@ def test_a_named_variant_runs_its_spec_with_train_options_of_its_own(tmp_path, m
     assert args[args.index("--prune") + 1] == "random:0.5" and args.count("--steps") == 1
     with pytest.raises(ValueError, match="a \\[grid\\] variant is"):
         grid_runs({"specs": [{"name": "x"}], "seeds": [0]})
+
+
+def test_the_share_of_randoms_gap_closed_at_the_same_fraction():
+    def rows(spec, fraction, accs, wall):
+        return [{"spec": spec, "fraction": fraction, "autoattack_acc": a, "total_s": wall} for a in accs]
+
+    lines = [*rows("full", 1.0, [0.40, 0.42], 100), *rows("random:0.2", 0.2, [0.30, 0.32], 25)]
+    groups = group_rows([*lines, *rows("resample:0.2", 0.2, [0.36, 0.38], 26)])
+    cmp = comparison(groups[("resample:0.2", 0.2)], _random_groups(groups), 0.2)
+    assert cmp["vs_fraction"][0] == pytest.approx(0.06) and cmp["gap_closed"] == pytest.approx(0.6)
+    assert cmp["vs_wall"][0] == 0.2  # random:0.2's 25 s is the nearest wall time
