@@ -16,7 +16,7 @@ def eval_command(args: argparse.Namespace) -> None:
     from advprune.data.readers import read_dataset
     from advprune.evaluate import evaluate, format_result
 
-    model, meta = checkpoint_model(args.checkpoint)
+    model, meta = checkpoint_model(args.checkpoint, args.weights)
     model.to(resolve_device(args.device))
     test = read_dataset(args.dataset or meta.get("dataset"), args.data_dir, train=False)
     eps = args.eps if args.eps is not None else meta.get("eps")
@@ -41,7 +41,12 @@ def eval_command(args: argparse.Namespace) -> None:
         stages=stages,
         progress=not args.quiet,
     )
-    result.update(split="test", test_ids=f"the first {result['n']} of the test set", checkpoint=str(args.checkpoint))
+    result.update(
+        split="test",
+        test_ids=f"the first {result['n']} of the test set",
+        checkpoint=str(args.checkpoint),
+        weights=meta["weights"],
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     print(format_result(result))

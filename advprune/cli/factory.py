@@ -110,7 +110,7 @@ class RunFactory:
             model,
             attack,
             epochs=epochs,
-            optim=OptimConfig(lr=a.lr, schedule=a.lr_schedule),
+            optim=OptimConfig(lr=a.lr, schedule=a.lr_schedule, ema=getattr(a, "ema", None)),
             run=RunConfig(
                 world=self.world,
                 sync_batchnorm=getattr(a, "sync_batchnorm", False),
@@ -165,9 +165,11 @@ def _beton_for(out: Path, data, world) -> Path:
     return path
 
 
-def checkpoint_model(path: str | Path):
-    """(the model a checkpoint holds, with its weights; the checkpoint's meta). Checkpoints of older
-    advprune versions record no model options: their models are rebuilt with the defaults they had."""
+def checkpoint_model(path: str | Path, weights: str = "average"):
+    """(the model a checkpoint holds, with its weights; the checkpoint's meta, with "weights": which ones).
+    weights "average": the weight average where the run kept one (--ema), else the model's own; "raw": the
+    model's own. Checkpoints of older advprune versions record no model options: their models are rebuilt
+    with the defaults they had."""
     from advprune import models
     from advprune.checkpoint import load_checkpoint
 
@@ -179,5 +181,9 @@ def checkpoint_model(path: str | Path):
     if kwargs is None:  # before model_kwargs: the channels only
         kwargs = {} if meta["model"] == "small-cnn" else {"in_channels": meta.get("in_channels", 3)}
     model = models.create(meta["model"], meta["num_classes"], **kwargs)
+    average = state.get("ema")
+    if weights == "average" and average is not None:
+        model.load_state_dict(average["model"])
+        return model, {**meta, "weights": f"average (EMA, decay {average['decay']:g}, {average['updates']} updates)"}
     model.load_state_dict(state["model"])
-    return model, meta
+    return model, {**meta, "weights": "raw"}

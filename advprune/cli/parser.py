@@ -60,6 +60,13 @@ def _add_training_options(p: argparse.ArgumentParser, eps_default: float | None 
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=number, default=0.05)
     p.add_argument("--lr-schedule", choices=("piecewise", "cosine", "onecycle", "constant"), default="cosine")
+    p.add_argument(
+        "--ema",
+        type=number,
+        default=None,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights (e.g. 0.999), which advprune eval evaluates",
+    )
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
     p.add_argument("--backend", choices=("memory", "ffcv"), default="memory")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when there is one)")
@@ -177,6 +184,12 @@ def _eval_parser(commands) -> None:
     e.add_argument("--restarts", type=int, default=1, help="PGD restarts (robust only if every restart fails)")
     e.add_argument("--stages", default=None, help="AutoAttack stages, e.g. apgd-ce,apgd-t (default: all four)")
     e.add_argument("--n", type=int, default=1000, help="the first N test samples")
+    e.add_argument(
+        "--weights",
+        choices=("average", "raw"),
+        default="average",
+        help="average: the weight average where the run kept one (--ema), else the model's own",
+    )
     e.add_argument("--batch-size", type=int, default=250, help="250 as the official AutoAttack run")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     e.add_argument("--out", default=None, help="also write the result as JSON to this file")

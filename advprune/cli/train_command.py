@@ -157,7 +157,7 @@ def _finish(args, out: Path, trainer, pruner, forgetting, test, record, started:
     if args.eval_n > 0:  # 0: evaluated elsewhere (advprune eval; a sweep)
         x_test, y_test = tensors(test, range(min(args.eval_n, len(test))))
         result = evaluate(
-            trainer.model,
+            trainer.final_model,
             x_test,
             y_test,
             attack="pgd",

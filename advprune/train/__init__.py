@@ -5,6 +5,7 @@ from advprune.train.amp import cpu_has_native_bf16, resolve_amp
 from advprune.train.config import OBJECTIVES, AttackConfig, OptimConfig, RunConfig, ValidationConfig
 from advprune.train.step import TrainingDiverged
 from advprune.train.trainer import Trainer
+from advprune.train.weight_average import WeightAverage
 
 __all__ = [
     "OBJECTIVES",
@@ -14,6 +15,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "ValidationConfig",
+    "WeightAverage",
     "cpu_has_native_bf16",
     "resolve_amp",
 ]

@@ -69,13 +69,20 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD (momentum, weight decay, Nesterov) and its learning-rate schedule (advprune.schedules)."""
+    """SGD (momentum, weight decay, Nesterov) and its learning-rate schedule (advprune.schedules). ema: keep
+    an exponential moving average of the weights with this decay (e.g. 0.999; advprune.train.WeightAverage),
+    saved in each checkpoint and evaluated by `advprune eval`; None: none."""
 
     lr: float = 0.1
     schedule: str = "piecewise"
     weight_decay: float = 5e-4
     momentum: float = 0.9
     nesterov: bool = True
+    ema: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ema is not None and (isinstance(self.ema, bool) or not 0 < self.ema < 1):
+            raise ValueError(f"ema (the weight average's decay) must be in (0, 1), e.g. 0.999, got {self.ema!r}")
 
     def build(self, params) -> torch.optim.SGD:
         return torch.optim.SGD(

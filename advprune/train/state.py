@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 
 def trainer_state(t: Trainer) -> dict:
-    """Everything a resumed run needs to continue exactly: weights, optimiser, scaler, RNGs, pruner and
-    tracker states, the epoch, the best validation accuracy, the guard and the attack as it is now."""
+    """Everything a resumed run needs to continue exactly: weights (and their average), optimiser, scaler,
+    RNGs, pruner and tracker states, the epoch, the best validation accuracy, the guard and the attack as it
+    is now, the perturbation memory."""
     return {
         "model": t.model.state_dict(),
         "optimizer": t.optimizer.state_dict(),
@@ -33,6 +34,7 @@ def trainer_state(t: Trainer) -> dict:
         "guard": t.guard.state_dict(),
         "attack": dataclasses.asdict(t.attack),
         "perturbations": t.step.memory.state_dict() if t.step.memory is not None else None,
+        "ema": t.step.average.state_dict() if t.step.average is not None else None,
         "meta": t.run.meta,
     }
 
@@ -52,6 +54,8 @@ def load_trainer_state(t: Trainer, state: dict, *, restoring: bool) -> None:
     t.epoch, t.best_val, t.best_epoch = state["epoch"], state["best_val"], state.get("best_epoch")
     if state.get("perturbations") is not None:
         t.step.memory = PerturbationMemory.from_state(state["perturbations"], t.device)
+    if state.get("ema") is not None and t.step.average is not None:
+        t.step.average.load_state_dict(state["ema"])
     if not restoring:
         t.guard.load_state_dict(state["guard"])
         t.step.attack = AttackConfig(**state["attack"])

@@ -24,6 +24,7 @@ from advprune.distributed import World
 from advprune.pruning.protocol import BatchObserver
 from advprune.train.config import AttackConfig
 from advprune.train.perturbation_memory import PerturbationMemory
+from advprune.train.weight_average import WeightAverage
 
 FINITE_CHECK_EVERY = 50  # steps between reads of the finite-loss flag on a GPU
 
@@ -61,6 +62,7 @@ class AdversarialStep:
         self._unchecked = 0
         self.check_every = 1 if device.type == "cpu" else FINITE_CHECK_EVERY
         self.memory: PerturbationMemory | None = None  # made at the first batch when attack.reuse is set
+        self.average: WeightAverage | None = None  # the weight average (OptimConfig.ema), set by the Trainer
 
     def ensure_memory(self, num_samples: int, x: torch.Tensor, augmentation: Augmentation) -> None:
         """Makes the perturbation memory (attack.reuse) for num_samples ids and the batches' padded frame."""
@@ -162,6 +164,8 @@ class AdversarialStep:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.model)
         t2 = time.perf_counter()
         if observers:
             scores = ops.sample_scores(logits.detach(), y, check_labels=False)  # the loss has checked y: no sync

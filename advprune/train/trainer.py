@@ -23,6 +23,7 @@ from advprune.train.placement import place
 from advprune.train.run_folder import RunFolder
 from advprune.train.state import load_trainer_state, resume_trainer, trainer_state
 from advprune.train.step import AdversarialStep
+from advprune.train.weight_average import WeightAverage
 
 
 def _check_hooks(pruner: object | None, trackers: Sequence[object]) -> None:
@@ -89,6 +90,8 @@ class Trainer:
             self.device,
             self.world,
         )
+        if optim.ema is not None:
+            self.step.average = WeightAverage(self.model, optim.ema)
         self.keyed_noise = self.world.distributed if self.run.keyed_noise is None else self.run.keyed_noise
         self.pruner, self.trackers = pruner, list(trackers)
         self.guard = OverfittingGuard(self.validation.collapse_drop)
@@ -99,6 +102,11 @@ class Trainer:
     def attack(self) -> AttackConfig:
         """The training attack now (the overfitting guard may have made it safer)."""
         return self.step.attack
+
+    @property
+    def final_model(self) -> nn.Module:
+        """The weights to evaluate: their average (OptimConfig.ema) when kept, else the model's own."""
+        return self.step.average.model if self.step.average is not None else self.model
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
