@@ -17,9 +17,16 @@ from advprune.train.run_folder import epoch_records, read_run_metrics
 METRICS = ("clean_acc", "pgd_acc", "autoattack_acc", "total_s")
 
 
-def load_results(sweep: Path) -> list[dict]:
-    lines = (sweep / "results.jsonl").read_text().splitlines()
+def load_results(sweep: Path, name: str = "results.jsonl") -> list[dict]:
+    lines = (sweep / name).read_text().splitlines() if (sweep / name).exists() else []
     return [json.loads(line) for line in lines if line.strip().endswith("}")]
+
+
+def final_rows(sweep: Path, results: list[dict]) -> list[dict]:
+    """The runs of final.jsonl (the sweep's [final] evaluations): each final line over its run's results line,
+    so that its AutoAttack and clean accuracy replace the grid's and the rest (PGD, wall time) stays."""
+    by_run = {line["run"]: line for line in results}
+    return [{**by_run[f["run"]], **f} for f in load_results(sweep, "final.jsonl") if f["run"] in by_run]
 
 
 def group_rows(results: list[dict]) -> dict[tuple[str, float], list[dict]]:
@@ -206,6 +213,10 @@ def report(folder: str | Path) -> tuple[str, list[Path]]:
         if not results:
             raise ValueError(f"{folder}/results.jsonl holds no finished run yet")
         text = "# Sweep report\n\n" + markdown_table(results)
+        final = final_rows(folder, results)
+        if final:
+            text += "\n## Final rows\n\nThe [final] runs evaluated once more with AutoAttack as named below.\n\n"
+            text += markdown_table(final)
         plots = plot_sweep(results, folder)
     elif (folder / "metrics.jsonl").exists():
         text = f"# Run {folder.name}\n"

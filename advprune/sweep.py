@@ -14,6 +14,9 @@ A sweep config (TOML) has three tables:
               (a spec without {fraction} runs once per seed; "none" is the full data; a table is a named
               variant: its prune spec with train options of its own over [train]'s)
     [eval]    n = 1000; pgd_steps = 50; autoattack_stages = "apgd-ce,apgd-t" (or "standard")
+    [final]   (optional) runs = ["full-*", "random-0.2-*"]; n = 1000; autoattack_stages = "standard":
+              the rows that carry conclusions evaluated once more with the full AutoAttack, a final.jsonl
+              line each (its fields over the run's results line)
 
 Several sweep processes may share one sweep folder (one per core or machine): each claims a run's folder
 before it starts it and skips the runs another has claimed; `only` restricts a process to some runs.
@@ -111,11 +114,15 @@ def select_runs(runs: list[GridRun], only: list[str] | None) -> list[GridRun]:
     order; all of them for None. A pattern that matches no run is a mistake worth naming."""
     if not only:
         return runs
-    unmatched = [pattern for pattern in only if not any(fnmatch.fnmatchcase(r.name, pattern) for r in runs)]
+    unmatched = [pattern for pattern in only if not _matching(runs, [pattern])]
     if unmatched:
         names = ", ".join(r.name for r in runs[:6])
         raise ValueError(f"--only {', '.join(unmatched)} matches no run of the grid (its runs: {names}, ...)")
-    return [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in only)]
+    return _matching(runs, only)
+
+
+def _matching(runs: list[GridRun], patterns: list[str]) -> list[GridRun]:
+    return [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in patterns)]
 
 
 @contextmanager
@@ -203,18 +210,28 @@ def _write_wall(folder: Path, totals: dict) -> None:
 def _evaluate(folder: Path, evaluation: dict, log: Path, train: dict) -> tuple[dict, dict, float]:
     """PGD and AutoAttack results of the run's last.pt (each written once, kept when there), on the training
     setting's data folder and device; eval seconds."""
-    n, seconds = str(evaluation.get("n", 1000)), 0.0
+    seconds = 0.0
     pgd_file, aa_file = folder / "eval_pgd.json", folder / "eval_autoattack.json"
-    where = _flags({key: train[key] for key in ("data_dir", "device") if key in train})
-    common = ["eval", "--checkpoint", str(folder / "last.pt"), "--n", n, "--quiet", *where]
+    common = _eval_args(folder, evaluation.get("n", 1000), train)
     if not pgd_file.exists():
         steps = str(evaluation.get("pgd_steps", 50))
         seconds += _evaluation([*common, "--attack", "pgd", "--steps", steps, "--out", str(pgd_file)], log)
-    stages = evaluation.get("autoattack_stages", "standard")
     if not aa_file.exists():
-        extra = [] if stages == "standard" else ["--stages", stages]
-        seconds += _evaluation([*common, "--attack", "autoattack", *extra, "--out", str(aa_file)], log)
+        stages = _autoattack_flags(evaluation.get("autoattack_stages", "standard"))
+        seconds += _evaluation([*common, *stages, "--out", str(aa_file)], log)
     return json.loads(pgd_file.read_text()), json.loads(aa_file.read_text()), seconds
+
+
+def _eval_args(folder: Path, n: int, train: dict) -> list[str]:
+    """`advprune eval` of the run's last.pt on the first n test images, on the training setting's data folder
+    and device."""
+    where = _flags({key: train[key] for key in ("data_dir", "device") if key in train})
+    return ["eval", "--checkpoint", str(folder / "last.pt"), "--n", str(n), "--quiet", *where]
+
+
+def _autoattack_flags(stages: str) -> list[str]:
+    """AutoAttack with the named stages ("standard": all four)."""
+    return ["--attack", "autoattack", *([] if stages == "standard" else ["--stages", stages])]
 
 
 def result_line(run: GridRun, folder: Path, pgd: dict, autoattack: dict, seconds: dict) -> dict:
@@ -265,13 +282,61 @@ def run_sweep(config: dict, out: str | Path, log=print, only: list[str] | None =
             if run.name in _results(out):  # finished by another process since the first look
                 continue
             line = _run_and_evaluate(run, folder, config)
-        with _flock(out / "results.lock", blocking=True):
-            _finished(out / "results.jsonl")  # cuts a line torn by a kill before this one is appended
-            with (out / "results.jsonl").open("a") as f:  # one line, flushed: a kill loses at most one run
-                f.write(json.dumps(line) + "\n")
-                f.flush()
+        _append_line(out / "results.jsonl", line)
         log(f"{run.name}: clean {line['clean_acc']:.3f}, PGD {line['pgd_acc']:.3f}, AA {line['autoattack_acc']:.3f}")
+    if "final" in config:
+        _final_evaluations(config, out, runs, log)
     return list(_results(out).values())
+
+
+def _final_evaluations(config: dict, out: Path, runs: list[GridRun], log) -> None:
+    """The [final] table's runs, once finished, evaluated with its AutoAttack (standard by default) on its n
+    test images: one final.jsonl line each."""
+    for run in _matching(runs, config["final"].get("runs", [])):
+        if run.name in _results(out) and run.name not in _finals(out):
+            line = _final_evaluation(run, out, config)
+            if line is not None:
+                _append_line(out / "final.jsonl", line)
+                log(f"{run.name}: final AutoAttack ({line['autoattack_version']}) {line['autoattack_acc']:.3f}")
+
+
+def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
+    """One run's final evaluation (its file kept when there); None when another sweep process has the run or
+    has just done it."""
+    final, folder = config["final"], out / "runs" / run.name
+    with _flock(folder / "sweep.lock", blocking=False) as claimed:
+        if not claimed or run.name in _finals(out):
+            return None
+        file, seconds = folder / "eval_autoattack_final.json", 0.0
+        if not file.exists():
+            args = _eval_args(folder, final.get("n", 1000), config["train"])
+            args += _autoattack_flags(final.get("autoattack_stages", "standard"))
+            seconds = _evaluation([*args, "--out", str(file)], folder / "sweep.log")
+        result = json.loads(file.read_text())
+    return {
+        "run": run.name,
+        "autoattack_acc": result["robust_acc"],
+        "autoattack_version": result["version"],
+        "stages": result.get("stages"),
+        "test_n": result["n"],
+        "clean_acc": result["clean_acc"],
+        "final_eval_s": seconds,
+    }
+
+
+def _finals(out: Path) -> set[str]:
+    """The runs with a final evaluation line."""
+    with _flock(out / "results.lock", blocking=True):
+        return {line["run"] for line in _finished(out / "final.jsonl")}
+
+
+def _append_line(path: Path, line: dict) -> None:
+    """Appends one JSON line under the results lock, a line torn by a kill cut off first."""
+    with _flock(path.parent / "results.lock", blocking=True):
+        _finished(path)
+        with path.open("a") as f:  # one line, flushed: a kill loses at most one run
+            f.write(json.dumps(line) + "\n")
+            f.flush()
 
 
 def _run_and_evaluate(run: GridRun, folder: Path, config: dict) -> dict:

@@ -220,3 +220,23 @@ def test_the_share_of_randoms_gap_closed_at_the_same_fraction():
     cmp = comparison(groups[("resample:0.2", 0.2)], _random_groups(groups), 0.2)
     assert cmp["vs_fraction"][0] == pytest.approx(0.06) and cmp["gap_closed"] == pytest.approx(0.6)
     assert cmp["vs_wall"][0] == 0.2  # random:0.2's 25 s is the nearest wall time
+
+
+def test_final_rows_are_evaluated_once_more_and_reported_apart(tmp_path, sweep):
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep[0], out)
+    config = {**CONFIG, "final": {"runs": ["full-*", "random-*"], "n": 16, "autoattack_stages": "apgd-ce,apgd-t"}}
+    said = []
+    run_sweep(config, out, log=said.append)
+    finals = [json.loads(line) for line in (out / "final.jsonl").read_text().splitlines()]
+    assert sorted(f["run"] for f in finals) == ["full-seed0", "full-seed1", "random-0.5-seed0", "random-0.5-seed1"]
+    assert all(f["test_n"] == 16 and f["autoattack_version"] == "custom: apgd-ce, apgd-t" for f in finals)
+    assert len([s for s in said if "final AutoAttack" in s]) == 4
+    run_sweep(config, out, log=lambda _line: None)  # nothing to do: each final evaluation is written once
+    assert len((out / "final.jsonl").read_text().splitlines()) == 4
+    text, _ = report(out)
+    final_table = text.split("## Final rows")[1]
+    assert "| full | 1 | 2 |" in final_table and "| random:0.5 | 0.5 | 2 |" in final_table
+    assert "low+high" not in final_table and "first 16 test images" in final_table
