@@ -240,3 +240,14 @@ def test_final_rows_are_evaluated_once_more_and_reported_apart(tmp_path, sweep):
     final_table = text.split("## Final rows")[1]
     assert "| full | 1 | 2 |" in final_table and "| random:0.5 | 0.5 | 2 |" in final_table
     assert "low+high" not in final_table and "first 16 test images" in final_table
+
+
+def test_a_report_whose_reader_went_away_ends_quietly(sweep):
+    """`advprune report DIR | head`: head exits, the next print gets EPIPE; no traceback, SIGPIPE's status."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "advprune", "report", str(sweep[0])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the first line
+    assert proc.wait(timeout=120) == 141 and proc.stderr.read() == b""

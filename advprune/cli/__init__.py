@@ -5,6 +5,7 @@ Warnings (a repaired or dropped file) are one line each."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -38,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         args.run(args)
+    except BrokenPipeError:  # the reader of the output went away (advprune report ... | head): end quietly,
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # with no second error at the flush,
+        return 128 + 13  # and the status of a process that SIGPIPE ended, as head's other writers get
     except _faults() as exc:
         print(f"advprune {args.command}: error: {exc}", file=sys.stderr)
         return 1
