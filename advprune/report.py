@@ -140,6 +140,8 @@ def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
         share = statistics.fmean(r["samples"] for r in rows) / full_samples
         wall = statistics.fmean(r["total_s"] for r in rows)
         by_strategy[strategy_name(spec)].append((share, wall, mean, std))
+    if "random" in by_strategy and "full" in by_strategy:
+        by_strategy["random"] += by_strategy["full"]  # random pruning that keeps everything is the full data
     written = []
     for name, x_index, xlabel in (
         ("robust_vs_fraction", 0, "share of the full run's samples"),
