@@ -6,6 +6,7 @@ the per-epoch curves); for a single run folder, its per-epoch curves. Needs the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from collections import defaultdict
@@ -78,7 +79,23 @@ def comparison(rows: list[dict], randoms: dict[float, list[dict]], fraction: flo
         nearest = min(randoms, key=lambda f: abs(statistics.fmean(r["total_s"] for r in randoms[f]) - wall))
         base = [r["autoattack_acc"] for r in randoms[nearest]]
         out["vs_wall"] = (nearest, statistics.fmean(acc) - statistics.fmean(base), welch_p(acc, base))
+        curve = random_at_wall_time(randoms, wall)
+        if curve is not None:
+            out["vs_interpolated"] = statistics.fmean(acc) - curve
     return out
+
+
+def random_at_wall_time(randoms: dict[float, list[dict]], wall: float) -> float | None:
+    """Random pruning's mean AutoAttack accuracy at `wall` seconds: linear between the two random fractions
+    (the full data as random at 1.0) whose mean wall times bracket it; None outside their range."""
+    points = sorted(
+        (statistics.fmean(r["total_s"] for r in rows), statistics.fmean(r["autoattack_acc"] for r in rows))
+        for rows in randoms.values()
+    )
+    for (wall_lo, acc_lo), (wall_hi, acc_hi) in itertools.pairwise(points):
+        if wall_lo <= wall <= wall_hi:
+            return acc_lo + (acc_hi - acc_lo) * (wall - wall_lo) / (wall_hi - wall_lo) if wall_hi > wall_lo else acc_lo
+    return None
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -101,20 +118,26 @@ def markdown_table(results: list[dict]) -> str:
         cmp = comparison(rows, randoms, fraction) if not spec.startswith("random:") and spec != "full" else {}
         closed = f"; closes {100 * cmp['gap_closed']:.0f}% of random's gap to full" if "gap_closed" in cmp else ""
         cells.append(_gap(*cmp["vs_fraction"]) + closed if "vs_fraction" in cmp else "")
-        if "vs_wall" in cmp:
-            nearest = cmp["vs_wall"][0]
-            cells.append(f"{'full' if nearest == 1.0 else f'random:{nearest:g}'} {_gap(*cmp['vs_wall'][1:])}")
-        else:
-            cells.append("")
+        cells.append(_wall_comparison(cmp))
         lines.append("| " + " | ".join(cells) + " |")
     first = results[0] if results else {}
     note = (
         f"\nAccuracy on the first {first.get('test_n', '?')} test images; PGD-{first.get('pgd_steps', '?')} and "
-        f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p. Wall: "
+        f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p; \"on "
+        "random's curve\": against random pruning's accuracy interpolated at the strategy's wall time. Wall: "
         "training, validation and scoring, with its share of the full-data run's; * a run resumed after an "
         "interruption (the interrupted call's seconds are lost: its wall time undercounts)."
     )
     return "\n".join(lines) + "\n" + note + "\n"
+
+
+def _wall_comparison(cmp: dict) -> str:
+    """The cell: random at the nearest wall time (gap, p), and the gap to random's curve at this wall time."""
+    if "vs_wall" not in cmp:
+        return ""
+    nearest, gap, p = cmp["vs_wall"]
+    curve = f"; {100 * cmp['vs_interpolated']:+.1f} on random's curve" if "vs_interpolated" in cmp else ""
+    return f"{'full' if nearest == 1.0 else f'random:{nearest:g}'} {_gap(gap, p)}{curve}"
 
 
 def _wall(mean: float, std: float, full_wall: float | None, rows: list[dict]) -> str:

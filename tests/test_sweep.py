@@ -11,7 +11,15 @@ import pytest
 
 from advprune.cli import main
 from advprune.data.readers import FASHION_MNIST_DIR
-from advprune.report import _random_groups, comparison, group_rows, markdown_table, report, welch_p
+from advprune.report import (
+    _random_groups,
+    comparison,
+    group_rows,
+    markdown_table,
+    random_at_wall_time,
+    report,
+    welch_p,
+)
 from advprune.sweep import grid_runs, load_sweep, run_sweep, select_runs
 
 pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
@@ -220,6 +228,9 @@ def test_the_share_of_randoms_gap_closed_at_the_same_fraction():
     cmp = comparison(groups[("resample:0.2", 0.2)], _random_groups(groups), 0.2)
     assert cmp["vs_fraction"][0] == pytest.approx(0.06) and cmp["gap_closed"] == pytest.approx(0.6)
     assert cmp["vs_wall"][0] == 0.2  # random:0.2's 25 s is the nearest wall time
+    # on random's curve at 26 s: a 75th of the way from random:0.2 (31%, 25 s) to full (41%, 100 s)
+    assert cmp["vs_interpolated"] == pytest.approx(0.37 - (0.31 + 0.10 / 75))
+    assert random_at_wall_time(_random_groups(groups), 20) is None  # quicker than any random run: no curve there
 
 
 def test_final_rows_are_evaluated_once_more_and_reported_apart(tmp_path, sweep):
