@@ -282,7 +282,7 @@ def run_sweep(config: dict, out: str | Path, log=print, only: list[str] | None =
             if run.name in _results(out):  # finished by another process since the first look
                 continue
             line = _run_and_evaluate(run, folder, config)
-        _append_line(out / "results.jsonl", line)
+            _append_line(out / "results.jsonl", line)  # before the claim ends: no other process redoes it
         log(f"{run.name}: clean {line['clean_acc']:.3f}, PGD {line['pgd_acc']:.3f}, AA {line['autoattack_acc']:.3f}")
     if "final" in config:
         _final_evaluations(config, out, runs, log)
@@ -296,13 +296,12 @@ def _final_evaluations(config: dict, out: Path, runs: list[GridRun], log) -> Non
         if run.name in _results(out) and run.name not in _finals(out):
             line = _final_evaluation(run, out, config)
             if line is not None:
-                _append_line(out / "final.jsonl", line)
                 log(f"{run.name}: final AutoAttack ({line['autoattack_version']}) {line['autoattack_acc']:.3f}")
 
 
 def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
-    """One run's final evaluation (its file kept when there); None when another sweep process has the run or
-    has just done it."""
+    """One run's final evaluation (its file kept when there), its final.jsonl line appended; None when another
+    sweep process has the run or has just done it."""
     final, folder = config["final"], out / "runs" / run.name
     with _flock(folder / "sweep.lock", blocking=False) as claimed:
         if not claimed or run.name in _finals(out):
@@ -313,15 +312,17 @@ def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
             args += _autoattack_flags(final.get("autoattack_stages", "standard"))
             seconds = _evaluation([*args, "--out", str(file)], folder / "sweep.log")
         result = json.loads(file.read_text())
-    return {
-        "run": run.name,
-        "autoattack_acc": result["robust_acc"],
-        "autoattack_version": result["version"],
-        "stages": result.get("stages"),
-        "test_n": result["n"],
-        "clean_acc": result["clean_acc"],
-        "final_eval_s": seconds,
-    }
+        line = {
+            "run": run.name,
+            "autoattack_acc": result["robust_acc"],
+            "autoattack_version": result["version"],
+            "stages": result.get("stages"),
+            "test_n": result["n"],
+            "clean_acc": result["clean_acc"],
+            "final_eval_s": seconds,
+        }
+        _append_line(out / "final.jsonl", line)  # before the claim ends: no other process redoes it
+    return line
 
 
 def _finals(out: Path) -> set[str]:
