@@ -116,7 +116,7 @@ def markdown_table(results: list[dict]) -> str:
             percent = f"{100 * mean:.1f} ± {100 * std:.1f}%"
             cells.append(_wall(mean, std, full_wall, rows) if key == "total_s" else percent)
         cmp = comparison(rows, randoms, fraction) if not spec.startswith("random:") and spec != "full" else {}
-        closed = f"; closes {100 * cmp['gap_closed']:.0f}% of random's gap to full" if "gap_closed" in cmp else ""
+        closed = f"; {100 * cmp['gap_closed']:.0f}% of random's gap to full closed" if "gap_closed" in cmp else ""
         cells.append(_gap(*cmp["vs_fraction"]) + closed if "vs_fraction" in cmp else "")
         cells.append(_wall_comparison(cmp))
         lines.append("| " + " | ".join(cells) + " |")
