@@ -80,16 +80,8 @@ class Trainer:
         base_lr = self.optimizer.param_groups[0]["lr"] if optimizer is not None else optim.lr
         self.epochs, self.schedule = epochs, LRSchedule(optim.schedule, base_lr, epochs)
         amp_dtype = resolve_amp(self.run.amp, self.device)
-        self.step = AdversarialStep(
-            self.model,
-            placed.attack_forward,
-            placed.train_forward,
-            attack,
-            self.optimizer,
-            amp_dtype,
-            self.device,
-            self.world,
-        )
+        self.step = AdversarialStep(self.model, placed.attack_forward, placed.train_forward, attack, self.optimizer,
+                                    amp_dtype, self.device, self.world)  # fmt: skip
         if optim.ema is not None:
             self.step.average = WeightAverage(self.model, optim.ema)
         self.keyed_noise = self.world.distributed if self.run.keyed_noise is None else self.run.keyed_noise
