@@ -24,20 +24,17 @@ before it starts it and skips the runs another has claimed; `only` restricts a p
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from advprune._deps import load_toml
 from advprune._files import write_bytes_atomic
+from advprune.train.folder_lock import held
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
 PRESETS = Path(__file__).parent / "presets"
@@ -123,22 +120,6 @@ def select_runs(runs: list[GridRun], only: list[str] | None) -> list[GridRun]:
 
 def _matching(runs: list[GridRun], patterns: list[str]) -> list[GridRun]:
     return [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in patterns)]
-
-
-@contextmanager
-def _flock(path: Path, blocking: bool) -> Iterator[bool]:
-    """Holds an exclusive flock on path for the block; yields False (holding nothing) when another process
-    has it and blocking is False. The kernel drops the lock when its process dies, so none is ever stale."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def _flags(options: dict) -> list[str]:
@@ -275,7 +256,7 @@ def run_sweep(config: dict, out: str | Path, log=print, only: list[str] | None =
             continue
         folder = out / "runs" / run.name
         folder.mkdir(parents=True, exist_ok=True)
-        with _flock(folder / "sweep.lock", blocking=False) as claimed:
+        with held(folder / "sweep.lock") as claimed:
             if not claimed:
                 log(f"{run.name}: another sweep process has it, skipped")
                 continue
@@ -303,7 +284,7 @@ def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
     """One run's final evaluation (its file kept when there), its final.jsonl line appended; None when another
     sweep process has the run or has just done it."""
     final, folder = config["final"], out / "runs" / run.name
-    with _flock(folder / "sweep.lock", blocking=False) as claimed:
+    with held(folder / "sweep.lock") as claimed:
         if not claimed or run.name in _finals(out):
             return None
         file, seconds = folder / "eval_autoattack_final.json", 0.0
@@ -327,13 +308,13 @@ def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
 
 def _finals(out: Path) -> set[str]:
     """The runs with a final evaluation line."""
-    with _flock(out / "results.lock", blocking=True):
+    with held(out / "results.lock", blocking=True):
         return {line["run"] for line in _finished(out / "final.jsonl")}
 
 
 def _append_line(path: Path, line: dict) -> None:
     """Appends one JSON line under the results lock, a line torn by a kill cut off first."""
-    with _flock(path.parent / "results.lock", blocking=True):
+    with held(path.parent / "results.lock", blocking=True):
         _finished(path)
         with path.open("a") as f:  # one line, flushed: a kill loses at most one run
             f.write(json.dumps(line) + "\n")
@@ -351,7 +332,7 @@ def _run_and_evaluate(run: GridRun, folder: Path, config: dict) -> dict:
 def _results(out: Path) -> dict[str, dict]:
     """The finished runs' result lines by run name, read under the results lock (another sweep process may
     be appending)."""
-    with _flock(out / "results.lock", blocking=True):
+    with held(out / "results.lock", blocking=True):
         return {line["run"]: line for line in _finished(out / "results.jsonl")}
 
 

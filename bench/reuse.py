@@ -21,11 +21,12 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-SETTINGS = {  # name: (the training flags shared by the variants, eps as a string, default epochs, output folder)
-    "fashion-mnist": (["--dataset", "fashion-mnist", "--model", "small-cnn", "--batch-size", "128"], "0.1", 5,
+SETTINGS = {  # name: (where the data is, for training and evaluation; the training flags shared by the
+    #                variants; eps as a string; default epochs; output folder)
+    "fashion-mnist": ([], ["--dataset", "fashion-mnist", "--model", "small-cnn", "--batch-size", "128"], "0.1", 5,
                       "bench/results/reuse"),
-    "cifar10": (["--dataset", "cifar10", "--data-dir", "data", "--model", "small-resnet", "--batch-size", "512",
-                 "--lr", "0.2", "--lr-schedule", "onecycle", "--val-n", "1000", "--val-every", "5"], "8/255", 15,
+    "cifar10": (["--data-dir", "data"], ["--dataset", "cifar10", "--model", "small-resnet", "--batch-size", "512",
+                "--lr", "0.2", "--lr-schedule", "onecycle", "--val-n", "1000", "--val-every", "5"], "8/255", 15,
                 "bench/results/reuse-cifar10"),
 }  # fmt: skip
 BASELINE = "PGD-10, fresh"  # the time the others are a share of
@@ -49,14 +50,15 @@ def advprune(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_one(variant: tuple[str, list[str]], folder: Path, common: list[str], seed: int, n: int) -> dict:
+def run_one(
+    variant: tuple[str, list[str]], folder: Path, common: list[str], where: list[str], seed: int, n: int
+) -> dict:
     name, flags = variant
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    train_s = advprune(["train", *common, *flags, "--seed", str(seed), "--out", str(folder)])
+    train_s = advprune(["train", *common, *where, *flags, "--seed", str(seed), "--out", str(folder)])
     eval_file = folder / "eval_autoattack.json"
-    where = common[common.index("--data-dir") : common.index("--data-dir") + 2] if "--data-dir" in common else []
     eval_s = advprune(["eval", "--checkpoint", str(folder / "last.pt"), "--attack", "autoattack", "--stages",
                        "apgd-ce,apgd-t", "--n", str(n), *where, "--out", str(eval_file), "--quiet"])  # fmt: skip
     evaluation = json.loads(eval_file.read_text())
@@ -98,14 +100,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--out", default=None, help="default: bench/results/reuse (-cifar10)")
     args = parser.parse_args()
-    flags, eps, epochs, folder = SETTINGS[args.setting]
+    where, flags, eps, epochs, folder = SETTINGS[args.setting]
     epochs = args.epochs or epochs
     out = Path(args.out or folder)
     out.mkdir(parents=True, exist_ok=True)
     common = [*flags, "--eps", eps, "--epochs", str(epochs), "--eval-n", "0", "--quiet"]
     kinds = variants(eps)
     results = [
-        run_one(kinds[slug], out / f"{slug}-seed{seed}", common, seed, args.n) for seed in args.seeds for slug in kinds
+        run_one(kinds[slug], out / f"{slug}-seed{seed}", common, where, seed, args.n)
+        for seed in args.seeds
+        for slug in kinds
     ]
     lines = [f"{args.setting}, {epochs} epochs, {len(args.seeds)} seeds, AutoAttack (APGD-CE, APGD-T) on the "
              f"first {args.n} test images; {cpu_name()}", "",

@@ -19,10 +19,41 @@ class RunFolderBusy(RuntimeError):
     """Another live process is running in the folder."""
 
 
-def _holder(fd: int) -> str:
-    os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 200).decode(errors="replace").strip()
-    return text or "a process that is starting"
+def _holder(path: Path) -> str:
+    """Who holds the lock, as its holder wrote it; the holder writes just after it takes the lock, so an empty
+    file is read again for up to 0.5 s before the message settles for not knowing."""
+    for _ in range(25):
+        try:
+            text = path.read_text(errors="replace")[:200].strip()
+        except OSError:
+            text = ""
+        if text:
+            return text
+        time.sleep(0.02)
+    return "a process that is starting"
+
+
+def try_lock(path: str | Path, blocking: bool = False) -> int | None:
+    """An exclusive flock on the file `path` (made if missing): its open descriptor, which holds the lock
+    until closed; None when another process holds it and blocking is False."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextmanager
+def held(path: str | Path, blocking: bool = False) -> Iterator[bool]:
+    """try_lock for the block: yields whether this process holds the lock (always True when blocking)."""
+    fd = try_lock(path, blocking)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def acquire(folder: str | Path) -> None:
@@ -33,15 +64,12 @@ def acquire(folder: str | Path) -> None:
     if key in _held:
         _held[key][1] += 1
         return
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _holder(fd)
-        os.close(fd)
+    fd = try_lock(folder / LOCK_NAME)
+    if fd is None:
         raise RunFolderBusy(
-            f"{folder} is in use by another run ({holder}): wait for it to end, or choose another --out"
-        ) from None
+            f"{folder} is in use by another run ({_holder(folder / LOCK_NAME)}): wait for it to end, or choose "
+            "another --out"
+        )
     os.ftruncate(fd, 0)
     os.write(fd, f"process {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
     _held[key] = [fd, 1]

@@ -36,14 +36,16 @@ class PerturbationMemory:
         storage: str = "int8",
         refresh: float = 0.0,
         device: torch.device | str = "cpu",
+        shared: bool = False,
     ) -> None:
-        """storage ("int8" or "bf16") and refresh in [0, 1] as AttackConfig has checked them."""
+        """storage ("int8" or "bf16") and refresh in [0, 1] as AttackConfig has checked them. shared: the ranks
+        of torch.distributed share it (share_ranks), so it notes which rows this rank wrote."""
         if not eps > 0:
             raise ValueError(f"perturbation memory needs eps > 0, got {eps!r}")
         dtype = torch.int8 if storage == "int8" else torch.bfloat16
         self.store = torch.zeros((num_samples, *frame), dtype=dtype, device=device)
         self.seen = torch.zeros(num_samples, dtype=torch.bool, device=device)
-        self.written = torch.zeros(num_samples, dtype=torch.bool, device=device)  # since the last share_ranks
+        self.written = torch.zeros(num_samples, dtype=torch.bool, device=device) if shared else None
         self.eps, self.storage, self.refresh = float(eps), storage, float(refresh)
 
     @property
@@ -85,18 +87,20 @@ class PerturbationMemory:
         frames.scatter_(2, self._pixels(augmentation, delta.shape[2], delta.shape[3]), values.to(self.store.dtype))
         self.store[ids] = frames.view(len(ids), *self.frame)
         self.seen[ids] = True
-        self.written[ids] = True
+        if self.written is not None:  # rows written since the last share_ranks
+            self.written[ids] = True
 
     def share_ranks(self, world: World) -> None:
         """Under torch.distributed, at the end of an epoch: every rank takes the rows each rank wrote in it (the
         lowest rank's, where the shards' padding had two ranks train one sample), so that a sample's next
         attack starts from its last perturbation whichever rank draws it. One all-reduce of the memory an
         epoch; a row is read at most once an epoch, so this is the same as sharing after every step."""
-        if world.distributed:
-            writer = torch.where(self.written, world.rank, world.size).to(torch.float64)
-            owner = world.min(writer).to(torch.int64)
-            self.store = world.rows_from_owners(self.store, owner)
-            self.seen |= owner.to(self.seen.device) < world.size
+        if self.written is None:  # one process: nothing to share
+            return
+        writer = torch.where(self.written, world.rank, world.size).to(torch.float64)
+        owner = world.min(writer).to(torch.int64)
+        self.store = world.rows_from_owners(self.store, owner)
+        self.seen |= owner.to(self.seen.device) < world.size
         self.written.zero_()
 
     def starts(
@@ -131,11 +135,11 @@ class PerturbationMemory:
         }
 
     @staticmethod
-    def from_state(state: dict, device: torch.device | str) -> PerturbationMemory:
+    def from_state(state: dict, device: torch.device | str, shared: bool = False) -> PerturbationMemory:
         store = state["store"]
         memory = PerturbationMemory(
             len(store), tuple(store.shape[1:]), eps=state["eps"], storage=state["storage"],
-            refresh=state["refresh"], device=device,
+            refresh=state["refresh"], device=device, shared=shared,
         )  # fmt: skip
         memory.store.copy_(store)
         memory.seen.copy_(state["seen"])

@@ -53,7 +53,7 @@ def load_trainer_state(t: Trainer, state: dict, *, restoring: bool) -> None:
             tracker.load_state_dict(saved)
     t.epoch, t.best_val, t.best_epoch = state["epoch"], state["best_val"], state.get("best_epoch")
     if state.get("perturbations") is not None:
-        t.step.memory = PerturbationMemory.from_state(state["perturbations"], t.device)
+        t.step.memory = PerturbationMemory.from_state(state["perturbations"], t.device, t.world.distributed)
     if state.get("ema") is not None and t.step.average is not None:
         t.step.average.load_state_dict(state["ema"])
     if not restoring:

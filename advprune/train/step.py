@@ -72,7 +72,7 @@ class AdversarialStep:
         p = augmentation.padding
         self.memory = PerturbationMemory(
             num_samples, (c, h + 2 * p, w + 2 * p), eps=self.attack.eps, storage=self.attack.reuse,
-            refresh=self.attack.reuse_refresh, device=self.device,
+            refresh=self.attack.reuse_refresh, device=self.device, shared=self.world.distributed,
         )  # fmt: skip
 
     def check_finite(self, epoch: int) -> None:
