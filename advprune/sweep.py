@@ -244,9 +244,11 @@ def result_line(run: GridRun, folder: Path, pgd: dict, autoattack: dict, seconds
     }
 
 
-def run_sweep(config: dict, out: str | Path, log=print, only: list[str] | None = None) -> list[dict]:
+def run_sweep(
+    config: dict, out: str | Path, log=print, only: list[str] | None = None, final: bool = True
+) -> list[dict]:
     """Runs every grid run (of those matching only) not yet in out/results.jsonl nor claimed by another sweep
-    process; returns all the result lines written so far."""
+    process, then (unless final is False) the [final] table's evaluations; returns the result lines so far."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = select_runs(grid_runs(config["grid"]), only)
@@ -265,7 +267,7 @@ def run_sweep(config: dict, out: str | Path, log=print, only: list[str] | None =
             line = _run_and_evaluate(run, folder, config)
             _append_line(out / "results.jsonl", line)  # before the claim ends: no other process redoes it
         log(f"{run.name}: clean {line['clean_acc']:.3f}, PGD {line['pgd_acc']:.3f}, AA {line['autoattack_acc']:.3f}")
-    if "final" in config:
+    if final and "final" in config:
         _final_evaluations(config, out, runs, log)
     return list(_results(out).values())
 

@@ -239,6 +239,8 @@ def test_final_rows_are_evaluated_once_more_and_reported_apart(tmp_path, sweep):
     out = tmp_path / "sweep"
     shutil.copytree(sweep[0], out)
     config = {**CONFIG, "final": {"runs": ["full-*", "random-*"], "n": 16, "autoattack_stages": "apgd-ce,apgd-t"}}
+    run_sweep(config, out, log=lambda _line: None, final=False)  # the grid only: no final evaluation yet
+    assert not (out / "final.jsonl").exists()
     said = []
     run_sweep(config, out, log=said.append)
     finals = [json.loads(line) for line in (out / "final.jsonl").read_text().splitlines()]

@@ -210,6 +210,11 @@ def _sweep_parsers(commands) -> None:
         help="run only the runs whose names match these comma-separated patterns ('full-*,random-0.2-*'); "
         "several sweep processes may share one folder, each skipping the runs another has started",
     )
+    s.add_argument(
+        "--no-final",
+        action="store_true",
+        help="leave the [final] table's evaluations for a later sweep (the grid's cores stay on the grid)",
+    )
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(run=sweep_command)
     r = commands.add_parser("report", help="a sweep's (or a run's) table and plots: report.md and PNGs")

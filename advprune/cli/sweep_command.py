@@ -11,7 +11,8 @@ def sweep_command(args: argparse.Namespace) -> None:
 
     config = load_sweep(args.sweep_config)
     out = Path(args.out or f"sweeps/{Path(args.sweep_config).stem}")
-    results = run_sweep(config, out, log=(lambda _line: None) if args.quiet else print, only=args.only)
+    log = (lambda _line: None) if args.quiet else print
+    results = run_sweep(config, out, log=log, only=args.only, final=not args.no_final)
     print(f"{len(results)} runs finished in {out}/results.jsonl; advprune report {out} makes the table and plots")
 
 
