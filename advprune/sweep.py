@@ -308,10 +308,9 @@ def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
     return line
 
 
-def _finals(out: Path) -> set[str]:
-    """The runs with a final evaluation line."""
-    with held(out / "results.lock", blocking=True):
-        return {line["run"] for line in _finished(out / "final.jsonl")}
+def _finals(out: Path) -> dict[str, dict]:
+    """The final evaluation lines by run name."""
+    return _lines_by_run(out / "final.jsonl")
 
 
 def _append_line(path: Path, line: dict) -> None:
@@ -332,10 +331,15 @@ def _run_and_evaluate(run: GridRun, folder: Path, config: dict) -> dict:
 
 
 def _results(out: Path) -> dict[str, dict]:
-    """The finished runs' result lines by run name, read under the results lock (another sweep process may
-    be appending)."""
-    with held(out / "results.lock", blocking=True):
-        return {line["run"]: line for line in _finished(out / "results.jsonl")}
+    """The finished runs' result lines by run name."""
+    return _lines_by_run(out / "results.jsonl")
+
+
+def _lines_by_run(path: Path) -> dict[str, dict]:
+    """A results file's lines by run name, read under the results lock (another sweep process may be
+    appending)."""
+    with held(path.parent / "results.lock", blocking=True):
+        return {line["run"]: line for line in _finished(path)}
 
 
 def _add_seconds(folder: Path, phase: str, seconds: float) -> dict[str, float]:

@@ -20,14 +20,26 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
-SETTINGS = {  # name: (where the data is, for training and evaluation; the training flags shared by the
-    #                variants; eps as a string; default epochs; output folder)
-    "fashion-mnist": ([], ["--dataset", "fashion-mnist", "--model", "small-cnn", "--batch-size", "128"], "0.1", 5,
-                      "bench/results/reuse"),
-    "cifar10": (["--data-dir", "data"], ["--dataset", "cifar10", "--model", "small-resnet", "--batch-size", "512",
-                "--lr", "0.2", "--lr-schedule", "onecycle", "--val-n", "1000", "--val-every", "5"], "8/255", 15,
-                "bench/results/reuse-cifar10"),
+
+class Setting(NamedTuple):
+    """One measured setting: where its data is (for training and evaluation alike), the training flags that
+    every variant shares, eps as a string, its default epochs and its output folder."""
+
+    data: list[str]
+    flags: list[str]
+    eps: str
+    epochs: int
+    out: str
+
+
+SETTINGS = {
+    "fashion-mnist": Setting([], ["--dataset", "fashion-mnist", "--model", "small-cnn", "--batch-size", "128"],
+                             "0.1", 5, "bench/results/reuse"),
+    "cifar10": Setting(["--data-dir", "data"], ["--dataset", "cifar10", "--model", "small-resnet", "--batch-size",
+                       "512", "--lr", "0.2", "--lr-schedule", "onecycle", "--val-n", "1000", "--val-every", "5"],
+                       "8/255", 15, "bench/results/reuse-cifar10"),
 }  # fmt: skip
 BASELINE = "PGD-10, fresh"  # the time the others are a share of
 
@@ -100,14 +112,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--out", default=None, help="default: bench/results/reuse (-cifar10)")
     args = parser.parse_args()
-    where, flags, eps, epochs, folder = SETTINGS[args.setting]
-    epochs = args.epochs or epochs
-    out = Path(args.out or folder)
+    setting = SETTINGS[args.setting]
+    epochs = args.epochs or setting.epochs
+    out = Path(args.out or setting.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = [*flags, "--eps", eps, "--epochs", str(epochs), "--eval-n", "0", "--quiet"]
-    kinds = variants(eps)
+    common = [*setting.flags, "--eps", setting.eps, "--epochs", str(epochs), "--eval-n", "0", "--quiet"]
+    kinds = variants(setting.eps)
     results = [
-        run_one(kinds[slug], out / f"{slug}-seed{seed}", common, where, seed, args.n)
+        run_one(kinds[slug], out / f"{slug}-seed{seed}", common, setting.data, seed, args.n)
         for seed in args.seeds
         for slug in kinds
     ]
