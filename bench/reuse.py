@@ -4,7 +4,8 @@ fresh PGD-2, and fresh PGD-10, each trained with `advprune train` and evaluated 
 the small CNN, eps 0.1, 5 epochs; there APGD-CE and APGD-T give the full AutoAttack's figure) and the
 CIFAR-10 CPU preset's (the small residual network, eps 8/255, random crops and flips, one-cycle to 0.2,
 --epochs of them: 15 in the preset). Resumable: a finished (variant, seed) is read back from --out, never
-redone. Prints a table of mean ± std over the seeds.
+redone; an interrupted training starts again (a resumed one's time would undercount), a trained one is only
+evaluated. Prints a table of mean ± std over the seeds.
 
     python bench/reuse.py [--setting fashion-mnist|cifar10] [--epochs E] [--seeds 0 1 2] [--n 1000]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,15 +68,19 @@ def run_one(
     variant: tuple[str, list[str]], folder: Path, common: list[str], where: list[str], seed: int, n: int
 ) -> dict:
     name, flags = variant
-    result_file = folder / "result.json"
+    result_file, train_file = folder / "result.json", folder / "train_wall_s.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    train_s = advprune(["train", *common, *where, *flags, "--seed", str(seed), "--out", str(folder)])
+    if train_file.exists():  # trained; the evaluation was interrupted
+        train_s = json.loads(train_file.read_text())
+    else:  # an interrupted training's seconds are lost: train it again from the start for an honest time
+        shutil.rmtree(folder, ignore_errors=True)
+        train_s = advprune(["train", *common, *where, *flags, "--seed", str(seed), "--out", str(folder)])
+        train_file.write_text(json.dumps(train_s))
     eval_file = folder / "eval_autoattack.json"
     eval_s = advprune(["eval", "--checkpoint", str(folder / "last.pt"), "--attack", "autoattack", "--stages",
                        "apgd-ce,apgd-t", "--n", str(n), *where, "--out", str(eval_file), "--quiet"])  # fmt: skip
     evaluation = json.loads(eval_file.read_text())
-    epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     result = {
         "variant": name,
         "seed": seed,
@@ -82,11 +88,24 @@ def run_one(
         "autoattack_acc": evaluation["robust_acc"],
         "test_n": evaluation["n"],
         "train_wall_s": train_s,
-        "epoch_s": sum(r["seconds"] for r in epochs if "epoch" in r and "event" not in r),
+        "epoch_s": sum(r["seconds"] for r in epoch_lines(folder)),
         "eval_wall_s": eval_s,
     }
     result_file.write_text(json.dumps(result, indent=1))
     return result
+
+
+def epoch_lines(folder: Path) -> list[dict]:
+    """The per-epoch lines of a run's metrics.jsonl (not its setup, pruning or event lines)."""
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if "epoch" in r and "event" not in r]
+
+
+def check_epochs(folder: Path, epochs: int) -> None:
+    """Refuses to read back a finished run trained for another number of epochs than asked for."""
+    if (folder / "result.json").exists() and len(epoch_lines(folder)) != epochs:
+        raise SystemExit(f"{folder} was trained for {len(epoch_lines(folder))} epochs, not --epochs {epochs}: "
+                         "pass another --out")  # fmt: skip
 
 
 def mean_std(values: list[float]) -> str:
@@ -118,10 +137,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     common = [*setting.flags, "--eps", setting.eps, "--epochs", str(epochs), "--eval-n", "0", "--quiet"]
     kinds = variants(setting.eps)
+    folders = {(slug, seed): out / f"{slug}-seed{seed}" for seed in args.seeds for slug in kinds}
+    for folder in folders.values():
+        check_epochs(folder, epochs)
     results = [
-        run_one(kinds[slug], out / f"{slug}-seed{seed}", common, setting.data, seed, args.n)
-        for seed in args.seeds
-        for slug in kinds
+        run_one(kinds[slug], folder, common, setting.data, seed, args.n) for (slug, seed), folder in folders.items()
     ]
     lines = [f"{args.setting}, {epochs} epochs, {len(args.seeds)} seeds, AutoAttack (APGD-CE, APGD-T) on the "
              f"first {args.n} test images; {cpu_name()}", "",
