@@ -20,7 +20,7 @@ def deepfool_distance(
     """[N] float32 distances: the l2 norm of the accumulated DeepFool step at the first iterate, taken with
     the step scaled by (1 + overshoot), that the model no longer assigns to y; 0 for a sample it already
     misclassifies, inf for one still unchanged after max_iter steps. Input space distances, not clipped
-    to [0, 1]. Each iteration costs one forward and one backward per class (model in eval mode)."""
+    to [0, 1]. Each iteration costs one forward and one backward per other class (model in eval mode)."""
     if max_iter < 1 or overshoot < 0:
         raise ValueError(f"max_iter must be >= 1 and overshoot >= 0, got {max_iter} and {overshoot}")
     x, y = x.detach(), y.detach()
@@ -47,18 +47,20 @@ def deepfool_distance(
 
 def _nearest_boundary_step(logits: torch.Tensor, x_try: torch.Tensor, y: torch.Tensor, keep: torch.Tensor):
     """For the rows `keep`: the step r = (|f_k| + NUDGE) / ||w_k||^2 * w_k to the nearest linearised boundary,
-    with f_k = logit_k - logit_y and w_k its input gradient, k over the other classes."""
+    with f_k = logit_k - logit_y and w_k its input gradient, k over the other classes. C - 1 backward passes:
+    pass j takes each row's class (y + j) mod C, so that no pass is spent on a row's own (zero) margin."""
+    n_classes = logits.shape[1]
     margins = logits - logits.gather(1, y[:, None])  # [n, C]: 0 in the labelled class
+    others = (y[:, None] + torch.arange(1, n_classes, device=y.device)) % n_classes  # [n, C - 1]
+    others_margins = margins.gather(1, others)
     grads = []
-    for k in range(logits.shape[1]):  # each row's gradient is its own: the model is in eval mode
-        (g,) = torch.autograd.grad(margins[:, k].sum(), x_try, retain_graph=k + 1 < logits.shape[1])
+    for j in range(n_classes - 1):  # each row's gradient is its own: the model is in eval mode
+        (g,) = torch.autograd.grad(others_margins[:, j].sum(), x_try, retain_graph=j + 2 < n_classes)
         grads.append(g[keep].flatten(1))
-    w = torch.stack(grads, dim=1)  # [m, C, D]
-    f = margins[keep].detach()
+    w = torch.stack(grads, dim=1)  # [m, C - 1, D]
+    f = others_margins[keep].detach()
     norms = w.norm(dim=2).clamp_min(1e-12)
-    ratio = f.abs() / norms
-    ratio.scatter_(1, y[keep][:, None], float("inf"))  # the labelled class is no boundary
-    k = ratio.argmin(1)
+    k = (f.abs() / norms).argmin(1)
     rows = torch.arange(len(k), device=k.device)
     scale = (f[rows, k].abs() + NUDGE) / norms[rows, k] ** 2
     return (scale[:, None] * w[rows, k]).view_as(x_try[keep]).to(x_try.dtype)

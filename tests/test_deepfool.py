@@ -13,9 +13,9 @@ from advprune.pruning.select import hardness
 from advprune.scores import score_pass
 
 
-def linear_model(seed: int) -> nn.Module:
+def linear_model(seed: int, classes: int = 5) -> nn.Module:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).double()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, classes)).double()
     with torch.no_grad():
         model[1].weight.mul_(4)
     return model.eval()
@@ -33,15 +33,15 @@ def exact_linear_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     return ratio.min(1).values
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_one_deepfool_step_is_exact_for_a_linear_model(seed):
-    model = linear_model(seed)
+@pytest.mark.parametrize(("seed", "classes"), [(0, 5), (1, 5), (2, 5), (5, 2)])  # 2: one other class, one pass
+def test_one_deepfool_step_is_exact_for_a_linear_model(seed, classes):
+    model = linear_model(seed, classes)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, 3, 2, 2, dtype=torch.float64, generator=g)
     with torch.no_grad():
         y = model(x).argmax(1)
     wrong = torch.arange(0, 64, 9)
-    y[wrong] = (y[wrong] + 1) % 5  # misclassified as they are: distance 0
+    y[wrong] = (y[wrong] + 1) % classes  # misclassified as they are: distance 0
     got = deepfool_distance(model, x, y, max_iter=1, overshoot=0.02)
     want = exact_linear_distance(model, x, y)
     right = torch.ones(64, dtype=torch.bool)
