@@ -171,12 +171,13 @@ def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
         ("robust_vs_wall_time", 1, "wall time of training, validation and scoring (s)"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for strategy, points in sorted(by_strategy.items()):
+        strategies = sorted(by_strategy.items())
+        for (strategy, points), style in zip(strategies, line_styles(len(strategies)), strict=True):
             points = sorted(points, key=lambda p, i=x_index: p[i])
             if points:
                 xs = [p[x_index] for p in points]
-                ax.errorbar(xs, [100 * p[2] for p in points], [100 * p[3] for p in points], marker="o", capsize=3,
-                            label=strategy)  # fmt: skip
+                ax.errorbar(xs, [100 * p[2] for p in points], [100 * p[3] for p in points], capsize=3,
+                            label=strategy, **style)  # fmt: skip
         ax.set_xlabel(xlabel)
         ax.set_ylabel("AutoAttack accuracy (%)")
         ax.grid(alpha=0.3)
@@ -198,12 +199,12 @@ def plot_epochs(folders: list[Path], out: Path) -> Path:
     """Validation PGD accuracy and training loss by epoch, one line per run folder."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
-    for folder in folders:
+    for folder, style in zip(folders, line_styles(len(folders)), strict=True):
         epochs = epoch_records(read_run_metrics(folder))
         val = [(r["epoch"], r["val_pgd_acc"]) for r in epochs if "val_pgd_acc" in r]
         if val:
-            top.plot(*zip(*val, strict=True), marker="o", label=folder.name)
-        bottom.plot([r["epoch"] for r in epochs], [r["train_loss"] for r in epochs], label=folder.name)
+            top.plot(*zip(*val, strict=True), label=folder.name, **style)
+        bottom.plot([r["epoch"] for r in epochs], [r["train_loss"] for r in epochs], color=style["color"])
     top.set_ylabel("validation PGD accuracy")
     bottom.set_ylabel("training loss (adversarial)")
     bottom.set_xlabel("epoch")
@@ -211,6 +212,15 @@ def plot_epochs(folders: list[Path], out: Path) -> Path:
         ax.grid(alpha=0.3)
     top.legend(fontsize=6)
     return _save(fig, out)
+
+
+MARKERS = "osD^vPX*"
+
+
+def line_styles(n: int) -> list[dict]:
+    """n distinct (colour, marker) pairs: the ten tab10 colours, then again with the next marker, so that an
+    eleventh line never shares the first one's look (matplotlib's own cycle repeats after ten)."""
+    return [{"color": f"C{i % 10}", "marker": MARKERS[i // 10 % len(MARKERS)]} for i in range(n)]
 
 
 def _pyplot():

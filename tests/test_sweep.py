@@ -15,6 +15,7 @@ from advprune.report import (
     _random_groups,
     comparison,
     group_rows,
+    line_styles,
     markdown_table,
     random_at_wall_time,
     report,
@@ -231,6 +232,12 @@ def test_the_share_of_randoms_gap_closed_at_the_same_fraction():
     # on random's curve at 26 s: a 75th of the way from random:0.2 (31%, 25 s) to full (41%, 100 s)
     assert cmp["vs_interpolated"] == pytest.approx(0.37 - (0.31 + 0.10 / 75))
     assert random_at_wall_time(_random_groups(groups), 20) is None  # quicker than any random run: no curve there
+
+
+def test_every_line_of_a_crowded_plot_has_a_look_of_its_own():
+    styles = line_styles(23)  # the CPU preset's grid has more strategies than matplotlib's ten colours
+    assert len({(s["color"], s["marker"]) for s in styles}) == 23
+    assert styles[10]["color"] == styles[0]["color"] and styles[10]["marker"] != styles[0]["marker"]
 
 
 def test_final_rows_are_evaluated_once_more_and_reported_apart(tmp_path, sweep):
