@@ -24,6 +24,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
+from advprune.train.run_folder import epoch_records, read_run_metrics
+
 
 class Setting(NamedTuple):
     """One measured setting: where its data is (for training and evaluation alike), the training flags that
@@ -96,16 +98,14 @@ def run_one(
 
 
 def epoch_lines(folder: Path) -> list[dict]:
-    """The per-epoch lines of a run's metrics.jsonl (not its setup, pruning or event lines)."""
-    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in lines if "epoch" in r and "event" not in r]
+    """The per-epoch records of a run folder's metrics (the project's own reader)."""
+    return epoch_records(read_run_metrics(folder))
 
 
 def check_epochs(folder: Path, epochs: int) -> None:
     """Refuses to read back a finished run trained for another number of epochs than asked for."""
-    if (folder / "result.json").exists() and len(epoch_lines(folder)) != epochs:
-        raise SystemExit(f"{folder} was trained for {len(epoch_lines(folder))} epochs, not --epochs {epochs}: "
-                         "pass another --out")  # fmt: skip
+    if (folder / "result.json").exists() and (trained := len(epoch_lines(folder))) != epochs:
+        raise SystemExit(f"{folder} was trained for {trained} epochs, not --epochs {epochs}: pass another --out")
 
 
 def mean_std(values: list[float]) -> str:
