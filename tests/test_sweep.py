@@ -21,7 +21,7 @@ from advprune.report import (
     report,
     welch_p,
 )
-from advprune.sweep import grid_runs, load_sweep, run_sweep, select_runs
+from advprune.sweep import PRESETS, grid_runs, load_sweep, run_sweep, select_runs
 
 pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
 
@@ -134,10 +134,12 @@ def test_a_run_folder_gets_its_epoch_curves(sweep):
     assert [p.name for p in plots] == ["epochs.png"] and plots[0].exists()
 
 
-def test_presets_load_and_a_missing_config_is_one_line(tmp_path, capsys, monkeypatch):
-    for name in ("paper-cifar10-cpu", "paper-cifar10-gpu", "paper-cifar10-gpu-pgd10"):
+def test_every_preset_loads_and_a_missing_config_is_one_line(tmp_path, capsys, monkeypatch):
+    names = sorted(path.stem for path in PRESETS.glob("*.toml"))
+    assert {"paper-cifar10-cpu", "paper-cifar10-gpu", "paper-cifar10-gpu-seeds"} <= set(names)
+    for name in names:
         config = load_sweep(name)
-        assert config["train"]["dataset"] == "cifar10" and config["grid"]["seeds"] == [0, 1, 2]
+        assert config["train"]["dataset"] == "cifar10" and grid_runs(config["grid"]), name
     monkeypatch.chdir(tmp_path)
     assert main(["sweep", "nothing.toml"]) == 2
     err = capsys.readouterr().err.strip()
