@@ -3,7 +3,9 @@ torch.compile of that composite, measured in one run.
 
 Each case: median milliseconds over many repetitions after warm-up, speed-up
 ratios, and the achieved bandwidth against a tensor copy of the same size
-measured in the same run. A table on screen, JSON to a file.
+measured in the same run. On a GPU also each op's and the copy's own kernel time (calls replayed from a
+CUDA graph: no launch or host work), the bandwidth figure without the call's overhead. A table on screen,
+JSON to a file.
 
     python bench/ops.py [--device cpu|cuda|all] [--out bench/results/ops-cpu.json] [--quick]
 """
@@ -27,6 +29,7 @@ from advprune import ops
 # --------------------------------------------------------------- composites
 
 EPS, STEP = 8 / 255, 2 / 255  # the linf PGD setting of CIFAR-10 training
+SYNCING_OPS = {"scores+check"}  # a host sync in every call: no CUDA graph can hold it
 
 
 def pgd_eager(x_adv, grad, x_nat, eps: float, step: float):
@@ -53,6 +56,11 @@ def scores_eager(logits, labels):
     confidence = p.gather(1, labels[:, None])[:, 0]
     correct = z.argmax(dim=1) == labels
     return loss, z_y - other, el2n, entropy, confidence, correct
+
+
+def unchecked_scores(logits, labels):
+    """sample_scores as the Trainer calls it: labels known to lie in [0, C), no range check."""
+    return ops.sample_scores(logits, labels, check_labels=False)
 
 
 def kl_eager(p, q):
@@ -107,6 +115,27 @@ def _calls_per_sample(fn: Callable[[], object]) -> int:
     return max(1, min(1000, round(1e-3 / max(one, 1e-6))))
 
 
+def graph_ms(fn: Callable[[], object], *, min_reps: int, min_seconds: float) -> float | None:
+    """The GPU's own milliseconds for one call of fn: back-to-back calls captured in one CUDA graph and replayed
+    between events, so that no launch or host work (Python, argument checks, allocation) is in the figure;
+    that is what a bandwidth floor is about. None where fn cannot be captured (a host sync inside it)."""
+    calls = _calls_per_sample(fn)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture, as torch.cuda.graphs asks
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except RuntimeError:
+        return None
+    return median_ms(graph.replay, "cuda", min_reps=min_reps, min_seconds=min_seconds) / calls
+
+
 def run_case(name, shape, dtype, device, moved_bytes, fused, eager, args, reps):
     """Times one op three ways plus a copy of the same size; returns a result row."""
     compiled = torch.compile(eager)
@@ -132,6 +161,13 @@ def run_case(name, shape, dtype, device, moved_bytes, fused, eager, args, reps):
         "copy_GBps": moved_bytes / t_copy / 1e6,
     }
     row["fraction_of_copy_bandwidth"] = row["advprune_GBps"] / row["copy_GBps"]
+    if device == "cuda" and name not in SYNCING_OPS:
+        repeats = dict(min_reps=kw["min_reps"], min_seconds=kw["min_seconds"])
+        graph_fused = graph_ms(lambda: fused(*args()), **repeats)
+        graph_copy = graph_ms(lambda: dst.copy_(src), **repeats)
+        if graph_fused is not None and graph_copy is not None:
+            row.update(graph_advprune_ms=graph_fused, graph_copy_ms=graph_copy)
+            row["graph_fraction_of_copy_bandwidth"] = graph_copy / graph_fused
     return row
 
 
@@ -178,15 +214,27 @@ def row_cases(device, quick):
         labels = torch.randint(0, c, (n,), generator=gen).to(device)
         # logits read once, labels read once, five float32 and one bool written
         moved = logits.numel() * 4 + n * 8 + n * (5 * 4 + 1)
+        operands = (logits, labels)
+        # the Trainer's call: its labels are known to lie in [0, C), so no range check (a host sync on a GPU)
         yield (
             "sample_scores",
             (n, c),
             torch.float32,
             moved,
-            ops.sample_scores,
+            unchecked_scores,
             scores_eager,
-            lambda logits=logits, labels=labels: (logits, labels),
+            lambda operands=operands: operands,
         )
+        if n == 50000:  # what the default range check costs a caller, at one size
+            yield (
+                "scores+check",
+                (n, c),
+                torch.float32,
+                moved,
+                ops.sample_scores,
+                scores_eager,
+                lambda operands=operands: operands,
+            )
     for n, c in [(512, 10)] if quick else [(512, 10), (4096, 1000)]:
         gen = torch.Generator().manual_seed(2)
         p = torch.randn(n, c, generator=gen).to(device)
@@ -205,15 +253,17 @@ def row_cases(device, quick):
 def fmt_table(rows) -> str:
     head = (
         f"{'op':<15} {'shape':<18} {'dtype':<9} {'eager ms':>9} {'compile ms':>10} {'advprune ms':>11} "
-        f"{'x eager':>8} {'x compile':>9} {'GB/s':>7} {'% copy bw':>9}"
+        f"{'x eager':>8} {'x compile':>9} {'GB/s':>7} {'% copy bw':>9} {'% (graph)':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         share = 100 * r["fraction_of_copy_bandwidth"]
+        graph = r.get("graph_fraction_of_copy_bandwidth")
+        graph_share = "-" if graph is None else f"{100 * graph:.0f}%"
         lines.append(
             f"{r['op']:<15} {'x'.join(map(str, r['shape'])):<18} {r['dtype']:<9} {r['eager_ms']:>9.3f} "
             f"{r['compile_ms']:>10.3f} {r['advprune_ms']:>11.3f} {r['speedup_vs_eager']:>8.1f} "
-            f"{r['speedup_vs_compile']:>9.2f} {r['advprune_GBps']:>7.1f} {share:>8.0f}%"
+            f"{r['speedup_vs_compile']:>9.2f} {r['advprune_GBps']:>7.1f} {share:>8.0f}% {graph_share:>9}"
         )
     return "\n".join(lines)
 
