@@ -2,6 +2,7 @@
 
 #include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty_strided.h>
+#include <ATen/ops/stack.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -125,11 +126,12 @@ void check_scores_args(const at::Tensor& logits, const at::Tensor& labels, bool 
   TORCH_CHECK_VALUE(labels.device() == logits.device(), op, ": labels are on ", text(labels.device()),
                     " but logits are on ", text(logits.device()));
   if (check_labels && labels.numel() > 0) {
-    // One small reduction (a device sync on CUDA) buys a clear error instead of
-    // a device-side assert that would end the CUDA context.
+    // One small reduction and one copy to the host (a device sync on CUDA) buy a clear error instead
+    // of a device-side assert that would end the CUDA context.
     auto [lo, hi] = at::aminmax(labels);
-    const int64_t min_label = lo.item<int64_t>();
-    const int64_t max_label = hi.item<int64_t>();
+    const at::Tensor range = at::stack({lo, hi}).cpu();
+    const int64_t min_label = range.const_data_ptr<int64_t>()[0];
+    const int64_t max_label = range.const_data_ptr<int64_t>()[1];
     TORCH_CHECK_VALUE(min_label >= 0 && max_label < logits.size(1), op,
                       ": labels must lie in [0, ", text(logits.size(1)), "), got values from ",
                       text(min_label), " to ", text(max_label));
