@@ -1,0 +1,47 @@
+#!/bin/bash
+# One device call on a lent GPU machine: `make gpu-check`, then a sweep preset's rows (resumable), with the small
+# results packed into $OUT (a device call brings back at most 8 files). Carry gpu-carry/ (`make gpu-carry`).
+#
+#   CHECK_S=300 SWEEP_S=240 PRESET=paper-cifar10-gpu-seeds ONLY='full-seed2,random-0.2-seed2' bash scripts/gpu_session.sh
+#
+# SKIP_CHECK=1 runs only the sweep (a second call on the same warm machine). A run cut short in training by an
+# earlier call is started over, not resumed (a resumed run's wall time undercounts); finished runs are kept.
+set -u
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+OUT=${OUT:-gpu-check-out/session}
+PRESET=${PRESET:-paper-cifar10-gpu-seeds}
+SWEEP=gpu-check-out/sweeps/$PRESET  # ignored: a warm machine keeps it from one call to the next
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv >"$OUT/nvidia-smi.txt" 2>&1
+if [ "${SKIP_CHECK:-0}" != 1 ]; then
+  OUT=/tmp/gpu-check timeout "${CHECK_S:-300}" make gpu-check GPU_PY=python3 >"$OUT/gpu_check.log" 2>&1
+  echo "gpu-check exit $?" >>"$OUT/gpu_check.log"
+  cp /tmp/gpu-check/gpu_check.json /tmp/gpu-check/gpu_check.md /tmp/gpu-check/ops.json "$OUT/" 2>/dev/null
+fi
+python3 -c "import advprune; print(advprune.build_info())" >>"$OUT/sweep.log" 2>&1
+decoded=/tmp/advprune-gpu-check-cifar10/cifar-10-batches-py  # where the check decodes the carried copy
+if [ ! -d data/cifar-10-batches-py ]; then
+  mkdir -p data
+  if [ -d $decoded ]; then ln -s $decoded data/; else python3 gpu-carry/to_python_version.py data >>"$OUT/sweep.log" 2>&1; fi
+fi
+python3 - "$PRESET" "$SWEEP" >>"$OUT/sweep.log" 2>&1 <<'PY'
+import shutil, sys
+from pathlib import Path
+from advprune.sweep import load_sweep
+from advprune.train.run_folder import epoch_records, read_run_metrics
+epochs = load_sweep(sys.argv[1])["train"]["epochs"]
+for folder in sorted(Path(sys.argv[2], "runs").glob("*")):
+    done = epoch_records(read_run_metrics(folder))
+    if not done or done[-1]["epoch"] + 1 < epochs:
+        print("starting over:", folder)
+        shutil.rmtree(folder)
+PY
+only=()
+[ -n "${ONLY:-}" ] && only=(--only "$ONLY")
+timeout "${SWEEP_S:-300}" python3 -m advprune sweep "$PRESET" --out "$SWEEP" --no-final "${only[@]}" >>"$OUT/sweep.log" 2>&1
+echo "sweep exit $?" >>"$OUT/sweep.log"
+tar czf "$OUT/sweep.tgz" --exclude='*.pt' --exclude='*.npz' --exclude='*.npy' --exclude='*.lock' "$SWEEP"
+tail -3 "$OUT/gpu_check.log" 2>/dev/null
+cat /tmp/gpu-check/gpu_check.md 2>/dev/null
+tail -5 "$OUT/sweep.log"
