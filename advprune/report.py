@@ -171,7 +171,8 @@ def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
         ("robust_vs_wall_time", 1, "wall time of training, validation and scoring (s)"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
-        strategies = sorted(by_strategy.items())
+        # full data last: random's line ends at its point, which would otherwise hide under that line
+        strategies = sorted(by_strategy.items(), key=lambda item: (item[0] == "full", item[0]))
         for (strategy, points), style in zip(strategies, line_styles(len(strategies)), strict=True):
             points = sorted(points, key=lambda p, i=x_index: p[i])
             if points:

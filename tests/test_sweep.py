@@ -242,6 +242,24 @@ def test_every_line_of_a_crowded_plot_has_a_look_of_its_own():
     assert styles[10]["color"] == styles[0]["color"] and styles[10]["marker"] != styles[0]["marker"]
 
 
+def test_the_full_data_point_is_drawn_over_the_random_line_that_ends_at_it(tmp_path, monkeypatch):
+    import advprune.report as report_module
+
+    figures = []
+    monkeypatch.setattr(report_module, "_save", lambda fig, path: figures.append(fig) or path)
+    rows = [
+        {"run": f"{spec.replace(':', '-')}-seed{seed}", "spec": spec, "fraction": fraction, "seed": seed,
+         "samples": int(1000 * fraction), "autoattack_acc": acc + seed / 100, "total_s": 100 * fraction}
+        for spec, fraction, acc in (("full", 1.0, 0.38), ("random:0.2", 0.2, 0.27), ("ccs:0.2", 0.2, 0.29))
+        for seed in (0, 1)
+    ]  # fmt: skip
+    report_module.plot_sweep(rows, tmp_path)
+    assert len(figures) == 2
+    for figure in figures:
+        _, labels = figure.axes[0].get_legend_handles_labels()
+        assert sorted(labels) == ["ccs", "full", "random"] and labels[-1] == "full"
+
+
 def test_final_rows_are_evaluated_once_more_and_reported_apart(tmp_path, sweep):
     import shutil
 
