@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 if [ "${SKIP_CHECK:-0}" != 1 ]; then
   OUT=/tmp/gpu-check timeout "${CHECK_S:-300}" make gpu-check GPU_PY=python3 >"$OUT/gpu_check.log" 2>&1
   echo "gpu-check exit $?" >>"$OUT/gpu_check.log"
-  cp /tmp/gpu-check/gpu_check.json /tmp/gpu-check/gpu_check.md /tmp/gpu-check/ops.json "$OUT/" 2>/dev/null
+  cp /tmp/gpu-check/{gpu_check.json,gpu_check.md,ops.json,cuda_tests.log} "$OUT/" 2>/dev/null  # 8 files in all
 fi
 python3 -c "import advprune; print(advprune.build_info())" >>"$OUT/sweep.log" 2>&1
 decoded=/tmp/advprune-gpu-check-cifar10/cifar-10-batches-py  # where the check decodes the carried copy
