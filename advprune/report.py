@@ -165,15 +165,16 @@ def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
         by_strategy[strategy_name(spec)].append((share, wall, mean, std))
     if "random" in by_strategy and "full" in by_strategy:
         by_strategy["random"] += by_strategy["full"]  # random pruning that keeps everything is the full data
+    # full data last: random's line ends at its point, which would otherwise hide under that line
+    strategies = sorted(by_strategy.items(), key=lambda item: (item[0] == "full", item[0]))
+    styles = line_styles(len(strategies))
     written = []
     for name, x_index, xlabel in (
         ("robust_vs_fraction", 0, "share of the full run's samples"),
         ("robust_vs_wall_time", 1, "wall time of training, validation and scoring (s)"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
-        # full data last: random's line ends at its point, which would otherwise hide under that line
-        strategies = sorted(by_strategy.items(), key=lambda item: (item[0] == "full", item[0]))
-        for (strategy, points), style in zip(strategies, line_styles(len(strategies)), strict=True):
+        for (strategy, points), style in zip(strategies, styles, strict=True):
             points = sorted(points, key=lambda p, i=x_index: p[i])
             if points:
                 xs = [p[x_index] for p in points]

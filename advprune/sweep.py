@@ -159,10 +159,15 @@ def _evaluation(args: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
+def is_trained(folder: Path, epochs: int | None) -> bool:
+    """Whether a run folder holds all `epochs` epochs and the checkpoint of the last (never, for None)."""
+    records = epoch_records(read_run_metrics(folder))
+    return bool(records) and epochs is not None and records[-1]["epoch"] + 1 >= epochs and (folder / "last.pt").exists()
+
+
 def _train(run: GridRun, folder: Path, train: dict, log: Path) -> float:
     """Trains the run (or finishes it from its checkpoint); the wall seconds of this call."""
-    epochs = epoch_records(read_run_metrics(folder))
-    if epochs and epochs[-1]["epoch"] + 1 >= train["epochs"] and (folder / "last.pt").exists():
+    if is_trained(folder, train.get("epochs")):
         return 0.0
     args = ["train", *_flags({**train, **dict(run.train), "seed": run.seed}), "--out", str(folder), "--quiet"]
     if run.spec is not None:

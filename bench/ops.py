@@ -139,7 +139,8 @@ def graph_ms(fn: Callable[[], object], *, min_reps: int, min_seconds: float) -> 
 def run_case(name, shape, dtype, device, moved_bytes, fused, eager, args, reps):
     """Times one op three ways plus a copy of the same size; returns a result row."""
     compiled = torch.compile(eager)
-    kw = dict(device=device, min_reps=reps, min_seconds=0.2 if reps < 20 else 0.5)
+    repeats = dict(min_reps=reps, min_seconds=0.2 if reps < 20 else 0.5)
+    kw = dict(device=device, **repeats)
     t_eager = median_ms(lambda: eager(*args()), **kw)
     t_compile = median_ms(lambda: compiled(*args()), **kw)
     t_fused = median_ms(lambda: fused(*args()), **kw)
@@ -162,7 +163,6 @@ def run_case(name, shape, dtype, device, moved_bytes, fused, eager, args, reps):
     }
     row["fraction_of_copy_bandwidth"] = row["advprune_GBps"] / row["copy_GBps"]
     if device == "cuda" and name not in SYNCING_OPS:
-        repeats = dict(min_reps=kw["min_reps"], min_seconds=kw["min_seconds"])
         graph_fused = graph_ms(lambda: fused(*args()), **repeats)
         graph_copy = graph_ms(lambda: dst.copy_(src), **repeats)
         if graph_fused is not None and graph_copy is not None:

@@ -90,21 +90,16 @@ def run_one(
         "autoattack_acc": evaluation["robust_acc"],
         "test_n": evaluation["n"],
         "train_wall_s": train_s,
-        "epoch_s": sum(r["seconds"] for r in epoch_lines(folder)),
+        "epoch_s": sum(r["seconds"] for r in epoch_records(read_run_metrics(folder))),
         "eval_wall_s": eval_s,
     }
     result_file.write_text(json.dumps(result, indent=1))
     return result
 
 
-def epoch_lines(folder: Path) -> list[dict]:
-    """The per-epoch records of a run folder's metrics (the project's own reader)."""
-    return epoch_records(read_run_metrics(folder))
-
-
 def check_epochs(folder: Path, epochs: int) -> None:
     """Refuses to read back a finished run trained for another number of epochs than asked for."""
-    if (folder / "result.json").exists() and (trained := len(epoch_lines(folder))) != epochs:
+    if (folder / "result.json").exists() and (trained := len(epoch_records(read_run_metrics(folder)))) != epochs:
         raise SystemExit(f"{folder} was trained for {trained} epochs, not --epochs {epochs}: pass another --out")
 
 

@@ -28,12 +28,10 @@ fi
 python3 - "$PRESET" "$SWEEP" >>"$OUT/sweep.log" 2>&1 <<'PY'
 import shutil, sys
 from pathlib import Path
-from advprune.sweep import load_sweep
-from advprune.train.run_folder import epoch_records, read_run_metrics
+from advprune.sweep import is_trained, load_sweep
 epochs = load_sweep(sys.argv[1])["train"]["epochs"]
 for folder in sorted(Path(sys.argv[2], "runs").glob("*")):
-    done = epoch_records(read_run_metrics(folder))
-    if not done or done[-1]["epoch"] + 1 < epochs:
+    if not is_trained(folder, epochs):
         print("starting over:", folder)
         shutil.rmtree(folder)
 PY
