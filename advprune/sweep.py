@@ -34,6 +34,7 @@ from pathlib import Path
 
 from advprune._deps import load_toml
 from advprune._files import write_bytes_atomic
+from advprune.cli.parser import DEFAULT_EPOCHS
 from advprune.train.folder_lock import held
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
@@ -159,17 +160,23 @@ def _evaluation(args: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def is_trained(folder: Path, epochs: int | None) -> bool:
-    """Whether a run folder holds all `epochs` epochs and the checkpoint of the last (never, for None)."""
+def train_epochs(options: dict) -> int:
+    """The epochs a run with these `advprune train` options trains: its `epochs`, else the command's default."""
+    return int(options.get("epochs", DEFAULT_EPOCHS))
+
+
+def is_trained(folder: Path, epochs: int) -> bool:
+    """Whether a run folder holds all `epochs` epochs and the checkpoint of the last."""
     records = epoch_records(read_run_metrics(folder))
-    return bool(records) and epochs is not None and records[-1]["epoch"] + 1 >= epochs and (folder / "last.pt").exists()
+    return bool(records) and records[-1]["epoch"] + 1 >= epochs and (folder / "last.pt").exists()
 
 
 def _train(run: GridRun, folder: Path, train: dict, log: Path) -> float:
     """Trains the run (or finishes it from its checkpoint); the wall seconds of this call."""
-    if is_trained(folder, train.get("epochs")):
+    options = {**train, **dict(run.train), "seed": run.seed}  # a variant's own options (epochs too) win
+    if is_trained(folder, train_epochs(options)):
         return 0.0
-    args = ["train", *_flags({**train, **dict(run.train), "seed": run.seed}), "--out", str(folder), "--quiet"]
+    args = ["train", *_flags(options), "--out", str(folder), "--quiet"]
     if run.spec is not None:
         args += ["--prune", run.spec]
     if (folder / "last.pt").exists():

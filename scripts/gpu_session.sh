@@ -28,8 +28,8 @@ fi
 python3 - "$PRESET" "$SWEEP" >>"$OUT/sweep.log" 2>&1 <<'PY'
 import shutil, sys
 from pathlib import Path
-from advprune.sweep import is_trained, load_sweep
-epochs = load_sweep(sys.argv[1])["train"]["epochs"]
+from advprune.sweep import is_trained, load_sweep, train_epochs
+epochs = train_epochs(load_sweep(sys.argv[1])["train"])
 for folder in sorted(Path(sys.argv[2], "runs").glob("*")):
     if not is_trained(folder, epochs):
         print("starting over:", folder)

@@ -291,3 +291,23 @@ def test_a_report_whose_reader_went_away_ends_quietly(sweep):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     proc.stdout.close()  # the reader is gone before the first line
     assert proc.wait(timeout=120) == 141 and proc.stderr.read() == b""
+
+
+def test_a_run_is_trained_only_for_its_own_epochs_a_variants_or_the_commands_default(tmp_path, monkeypatch):
+    import advprune.sweep as sweep_module
+    from advprune.cli.parser import DEFAULT_EPOCHS
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lines = [{"epoch": e, "seconds": 1.0, "samples": 10} for e in range(DEFAULT_EPOCHS)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (folder / "last.pt").write_bytes(b"checkpoint")
+    assert sweep_module.train_epochs({"dataset": "cifar10"}) == DEFAULT_EPOCHS
+    assert sweep_module.is_trained(folder, DEFAULT_EPOCHS) and not sweep_module.is_trained(folder, DEFAULT_EPOCHS + 1)
+    calls = []
+    monkeypatch.setattr(sweep_module, "_advprune", lambda args, log: calls.append(args) or 1.0)
+    longer_variant = {"name": "longer", "prune": "none", "train": {"epochs": DEFAULT_EPOCHS + 3}}
+    plain, longer = grid_runs({"specs": ["none", longer_variant], "seeds": [0]})
+    assert sweep_module._train(plain, folder, {"dataset": "cifar10"}, tmp_path / "log") == 0.0 and not calls
+    sweep_module._train(longer, folder, {"dataset": "cifar10"}, tmp_path / "log")
+    assert calls and calls[0][calls[0].index("--epochs") + 1] == str(DEFAULT_EPOCHS + 3)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from advprune.cli.common import OneLineParser, UsageError, load_config, number
 
+DEFAULT_EPOCHS = 5  # `advprune train --epochs`; the sweep reads it for a [train] table that names none
+
 
 def model_name(text: str) -> str:
     """--model: one of advprune's models, or torchvision:NAME for a torchvision classification model."""
@@ -113,7 +115,7 @@ def _train_parser(commands) -> None:
     t.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     t.add_argument("--data-dir", default=None)
     _add_training_options(t)
-    t.add_argument("--epochs", type=int, default=5)
+    t.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     t.add_argument("--limit", type=int, default=None, help="use the first N training samples (validation included)")
     _add_pruning_options(t)
     t.add_argument("--val-steps", type=int, default=10, help="PGD steps of the per-epoch validation")
