@@ -5,6 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from advprune import attacks, models, ops, pruning, scores
+from advprune.cpu_allocator import tune_cpu_allocator
 from advprune.ops import build_info
 from advprune.train import AttackConfig, OptimConfig, RunConfig, Trainer, ValidationConfig
 
@@ -21,4 +22,5 @@ __all__ = [
     "ops",
     "pruning",
     "scores",
+    "tune_cpu_allocator",
 ]

@@ -3,7 +3,10 @@ plain PyTorch loop in the style of fast_adversarial's train_pgd.py (float32, con
 loss.backward() for the attack gradient), same model, data, PGD steps and epochs, in
 one run; then clean and PGD-20 accuracy of both, and the Trainer's overhead: epoch time
 over (steps + 1) x the model's measured forward+backward time in the same precision
-and layout.
+and layout. The plain loop runs first, with glibc's default malloc as a user's loop has it;
+the Trainer then tunes the allocator (RunConfig.tune_cpu_allocator, process-wide), and the
+plain loop runs once more under that tuning, so the table can say which share of the gain
+is the allocator's.
 
     python bench/train.py [--n 10000] [--epochs 1] [--steps 3]
 """
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from advprune import AttackConfig, OptimConfig, RunConfig, Trainer, models
+from advprune.cpu_allocator import cpu_allocator_tuned
 from advprune.data import from_arrays, make_loader, read_fashion_mnist
 from advprune.evaluate import evaluate
 
@@ -83,25 +87,20 @@ def main() -> None:
     x_test = torch.from_numpy(test.images[: args.eval_n].copy()).permute(0, 3, 1, 2).float() / 255
     y_test = torch.from_numpy(test.labels[: args.eval_n].copy())
 
-    torch.manual_seed(0)
-    plain = models.create("small-cnn")
+    def plain_run() -> tuple[torch.nn.Module, list[float]]:
+        torch.manual_seed(0)
+        plain = models.create("small-cnn")
+        opt = torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        seconds = [
+            plain_pgd_epoch(plain, opt, x_all, y_all, eps=args.eps, alpha=alpha, steps=args.steps,
+                            batch_size=args.batch_size, generator=torch.Generator().manual_seed(e))
+            for e in range(args.epochs)
+        ]  # fmt: skip
+        return plain, seconds
+
+    plain, plain_s = plain_run()
     torch.manual_seed(0)
     ours = models.create("small-cnn")
-    opt = torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    plain_s = [
-        plain_pgd_epoch(
-            plain,
-            opt,
-            x_all,
-            y_all,
-            eps=args.eps,
-            alpha=alpha,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            generator=torch.Generator().manual_seed(e),
-        )
-        for e in range(args.epochs)
-    ]
     trainer = Trainer(
         ours,
         AttackConfig("pgd", eps=args.eps, step_size=alpha, steps=args.steps),
@@ -116,6 +115,7 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer.fit(loader)
         ours_s.append(time.perf_counter() - t0)
+    _, plain_tuned_s = plain_run()  # the same loop under the allocator tuning the Trainer applied
     per_batch = fwd_bwd_seconds(
         models.create("small-cnn"),
         x_all[: args.batch_size],
@@ -136,6 +136,9 @@ def main() -> None:
         "plain_epoch_s": statistics.median(plain_s),
         "advprune_epoch_s": statistics.median(ours_s),
         "time_ratio": statistics.median(ours_s) / statistics.median(plain_s),
+        "allocator_tuned": cpu_allocator_tuned(),
+        "plain_tuned_epoch_s": statistics.median(plain_tuned_s),
+        "time_ratio_vs_plain_tuned": statistics.median(ours_s) / statistics.median(plain_tuned_s),
         "ideal_epoch_s": ideal,
         "trainer_overhead": statistics.median(ours_s) / ideal,
         "plain_clean_acc": res_plain["clean_acc"],

@@ -127,12 +127,15 @@ def test_every_rank_holds_the_same_pruner_state(runs, kind):
 def test_two_ranks_end_with_the_weights_of_one_process_with_the_same_global_batch(runs, kind):
     """The gradients are the same sums taken in another order (each rank sums its half of the global batch,
     DDP averages the two), so the weights agree to float32 rounding: measured 1.8e-7 of each tensor's
-    largest value after 3 epochs (a few units in the last place); the test allows 2e-6."""
+    largest value after 3 epochs on an AVX-512 Zen 4 (a few units in the last place); on an AVX2-only Zen 3
+    the CCS run's drifted further, 2.6e-6 and 2.5e-5 in two runs of the suite (the others 3e-7 at most:
+    other kernels, other roundings, which the run's PGD steps compound); the test allows 1e-4, still far
+    below a step of the wrong size (DDP summing instead of averaging doubles every update)."""
     (rank0, rank1), single = runs[kind]
     for name, value in single["weights"].items():
         assert torch.equal(rank0["weights"][name], rank1["weights"][name]), name  # DDP keeps the ranks equal
         difference = (rank0["weights"][name] - value).abs().max()
-        assert difference <= 2e-6 * value.abs().max(), (name, float(difference))
+        assert difference <= 1e-4 * value.abs().max(), (name, float(difference))
 
 
 def test_the_perturbation_memory_is_shared_by_the_ranks_and_is_one_processs(runs):

@@ -70,3 +70,45 @@ def test_a_torchvision_model_by_name_with_the_normalisation_in_front():
     torch.testing.assert_close(logits, expected)
     with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
         models.create("small-cnn", num_classes=1)
+
+
+def _relu_first_small_cnn(model: torch.nn.Module) -> torch.nn.Module:
+    """The textbook order (conv, ReLU, pool) with the model's own weights: what SmallCNN must equal."""
+    nn = torch.nn
+    b = model.body
+    return nn.Sequential(model.normalize, b[0], nn.ReLU(), nn.MaxPool2d(2), b[3], nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), b[7], nn.ReLU(), model.linear)  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_small_cnn_pools_before_relu_with_the_same_values_and_gradients(layout):
+    torch.manual_seed(3)
+    model = models.create("small-cnn").double()
+    reference = _relu_first_small_cnn(model)
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64) * 2 - 0.5  # many negative pre-activations
+    weights = torch.randn(6, 10, dtype=torch.float64)
+    x_ours = x.contiguous(memory_format=layout).requires_grad_(True)
+    out = model.to(memory_format=layout)(x_ours)
+    grad = torch.autograd.grad((out * weights).sum(), x_ours)[0]
+    x_ref = x.clone().requires_grad_(True)
+    expected = reference(x_ref)
+    expected_grad = torch.autograd.grad((expected * weights).sum(), x_ref)[0]
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+    assert grad.abs().sum() > 0
+    assert grad.is_contiguous(memory_format=layout)
+
+
+def test_the_flatten_hands_back_a_channels_last_gradient_for_channels_last_input():
+    from advprune.models.small_cnn import LayoutKeepingFlatten
+
+    x = torch.randn(3, 4, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = LayoutKeepingFlatten()(x)
+    torch.testing.assert_close(out, x.detach().flatten(1))
+    g = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, x, g)
+    assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+    torch.testing.assert_close(grad, g.view(3, 4, 5, 6), rtol=0, atol=0)
+    x_plain = torch.randn(3, 4, 5, 6, requires_grad=True)
+    (grad_plain,) = torch.autograd.grad(LayoutKeepingFlatten()(x_plain), x_plain, g)
+    assert grad_plain.is_contiguous()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from advprune.cli.common import UsageError, resolve_device, tensors
 from advprune.cli.factory import checkpoint_model
+from advprune.cpu_allocator import tune_cpu_allocator
 
 
 def eval_command(args: argparse.Namespace) -> None:
@@ -17,7 +18,10 @@ def eval_command(args: argparse.Namespace) -> None:
     from advprune.evaluate import evaluate, format_result
 
     model, meta = checkpoint_model(args.checkpoint, args.weights)
-    model.to(resolve_device(args.device))
+    device = resolve_device(args.device)
+    model.to(device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # the attacks' temporaries reuse freed memory instead of faulting pages in
     test = read_dataset(args.dataset or meta.get("dataset"), args.data_dir, train=False)
     eps = args.eps if args.eps is not None else meta.get("eps")
     if eps is None:

@@ -1,5 +1,10 @@
 """A small CNN for small images (28x28 grayscale by default: Fashion-MNIST, MNIST): about 4M
-multiply-adds a 28x28 image, fast enough for adversarial training on a CPU."""
+multiply-adds a 28x28 image, fast enough for adversarial training on a CPU.
+
+Each block pools before its ReLU: max-pooling and ReLU commute exactly (ReLU is monotone), values and
+gradients alike, and the ReLU then runs on a quarter of the elements. The flatten keeps channels_last
+in its backward, so that the pooling's backward needs no layout copies (together about 15% of a PGD
+training step on an AVX2 CPU in float32)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,28 @@ import torch
 from torch import nn
 
 from advprune.models.normalize import FASHION_MEAN, FASHION_STD, Normalize
+
+
+class _FlattenKeepingLayout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.channels_last = channels_last and not x.is_contiguous()
+        return x.flatten(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.reshape(ctx.shape)
+        return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
+
+
+class LayoutKeepingFlatten(nn.Module):
+    """nn.Flatten (from dim 1) whose backward returns the gradient in its input's memory format: for a
+    channels_last input nn.Flatten's gradient comes back contiguous, and every layer below then converts."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _FlattenKeepingLayout.apply(x)
 
 
 class SmallCNN(nn.Module):
@@ -27,12 +54,12 @@ class SmallCNN(nn.Module):
         self.normalize = Normalize(mean, std)
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1),
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Flatten(),
+            nn.ReLU(inplace=True),
+            LayoutKeepingFlatten(),
             nn.Linear(64 * (height // 4) * (width // 4), 128),
             nn.ReLU(inplace=True),
         )

@@ -121,7 +121,9 @@ class RunConfig:
     without one). keyed_noise: the attacks' random starts drawn by sample id (ids.KeyedNoise), the
     same for a sample whatever the batch or rank; None: on under torch.distributed, so that N ranks
     give the one-process run with the same global batch. sync_batchnorm: BatchNorm statistics over
-    the global batch under torch.distributed."""
+    the global batch under torch.distributed. tune_cpu_allocator: on a CPU device, keep freed memory in
+    the process (advprune.cpu_allocator; glibc only) so that each step's temporaries are not page-faulted
+    in again; the process then keeps its peak memory until it exits."""
 
     out_dir: str | Path | None = None
     seed: int = 0
@@ -134,6 +136,7 @@ class RunConfig:
     world: World | None = None
     keyed_noise: bool | None = None
     sync_batchnorm: bool = False
+    tune_cpu_allocator: bool = True
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:

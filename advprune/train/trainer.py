@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from advprune.cpu_allocator import tune_cpu_allocator
 from advprune.distributed import World
 from advprune.evaluate import evaluate
 from advprune.pruning.protocol import BatchObserver, Pruner, missing_methods
@@ -76,6 +77,8 @@ class Trainer:
         self.world = self.run.world or World.from_environment()
         placed = place(model, self.run, self.world)
         self.model, self.device, self.memory_format = placed.model, placed.device, placed.memory_format
+        if self.device.type == "cpu" and self.run.tune_cpu_allocator:
+            tune_cpu_allocator()
         self.optimizer = optimizer or optim.build(self.model.parameters())
         base_lr = self.optimizer.param_groups[0]["lr"] if optimizer is not None else optim.lr
         self.epochs, self.schedule = epochs, LRSchedule(optim.schedule, base_lr, epochs)
