@@ -217,8 +217,8 @@ def _evaluate(folder: Path, evaluation: dict, log: Path, train: dict) -> tuple[d
 
 def _eval_args(folder: Path, n: int, train: dict) -> list[str]:
     """`advprune eval` of the run's last.pt on the first n test images, on the training setting's data folder
-    and device."""
-    where = _flags({key: train[key] for key in ("data_dir", "device") if key in train})
+    and device, with its malloc choice."""
+    where = _flags({key: train[key] for key in ("data_dir", "device", "default_malloc") if key in train})
     return ["eval", "--checkpoint", str(folder / "last.pt"), "--n", str(n), "--quiet", *where]
 
 

@@ -248,3 +248,21 @@ def test_a_torchvision_model_trains_and_its_checkpoint_evaluates(tmp_path, capsy
     assert main(argv) == 0
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--n", "32", "--quiet", "--attack", "clean"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 32
+
+
+@pytest.mark.parametrize("default_malloc", [False, True])
+def test_train_and_eval_tune_malloc_unless_told_not_to(tmp_path, capsys, monkeypatch, default_malloc):
+    import advprune.cli.eval_command as eval_module
+    import advprune.train.trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "tune_cpu_allocator", lambda: calls.append("train") or True)
+    monkeypatch.setattr(eval_module, "tune_cpu_allocator", lambda: calls.append("eval") or True)
+    flag = ["--default-malloc"] if default_malloc else []
+    out = tmp_path / "run"
+    argv = ["train", "--limit", "128", "--epochs", "1", "--steps", "1", "--eval-n", "0", "--val-n", "0",
+            "--batch-size", "64", "--device", "cpu", "--out", str(out), "--quiet", *flag]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--n", "16", "--attack", "clean", "--device", "cpu",
+                 "--quiet", *flag]) == 0  # fmt: skip
+    assert calls == ([] if default_malloc else ["train", "eval"])

@@ -20,7 +20,7 @@ def eval_command(args: argparse.Namespace) -> None:
     model, meta = checkpoint_model(args.checkpoint, args.weights)
     device = resolve_device(args.device)
     model.to(device)
-    if device.type == "cpu":
+    if device.type == "cpu" and not args.default_malloc:
         tune_cpu_allocator()  # the attacks' temporaries reuse freed memory instead of faulting pages in
     test = read_dataset(args.dataset or meta.get("dataset"), args.data_dir, train=False)
     eps = args.eps if args.eps is not None else meta.get("eps")

@@ -122,6 +122,7 @@ class RunFactory:
                 quiet=quiet,
                 meta=self.meta,
                 compile=getattr(a, "compile", False),
+                tune_cpu_allocator=not getattr(a, "default_malloc", False),
             ),
             validation=ValidationConfig(steps=getattr(a, "val_steps", 10), every=getattr(a, "val_every", 1)),
             **hooks,

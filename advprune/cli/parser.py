@@ -10,6 +10,9 @@ from advprune.cli.common import OneLineParser, UsageError, load_config, number
 DEFAULT_EPOCHS = 5  # `advprune train --epochs`; the sweep reads it for a [train] table that names none
 
 
+DEFAULT_MALLOC_HELP = "leave glibc's malloc as it is (no advprune.tune_cpu_allocator), to time as untuned runs did"
+
+
 def model_name(text: str) -> str:
     """--model: one of advprune's models, or torchvision:NAME for a torchvision classification model."""
     from advprune.models import MODELS, TORCHVISION_PREFIX
@@ -73,6 +76,7 @@ def _add_training_options(p: argparse.ArgumentParser, eps_default: float | None 
     p.add_argument("--backend", choices=("memory", "ffcv"), default="memory")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--default-malloc", action="store_true", help=DEFAULT_MALLOC_HELP)
     p.add_argument("--val-n", type=int, default=500, help="training samples held out for validation, never trained on")
 
 
@@ -194,6 +198,7 @@ def _eval_parser(commands) -> None:
     )
     e.add_argument("--batch-size", type=int, default=250, help="250 as the official AutoAttack run")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when there is one)")
+    e.add_argument("--default-malloc", action="store_true", help=DEFAULT_MALLOC_HELP)
     e.add_argument("--out", default=None, help="also write the result as JSON to this file")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(run=eval_command)
