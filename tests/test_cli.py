@@ -266,3 +266,5 @@ def test_train_and_eval_tune_malloc_unless_told_not_to(tmp_path, capsys, monkeyp
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--n", "16", "--attack", "clean", "--device", "cpu",
                  "--quiet", *flag]) == 0  # fmt: skip
     assert calls == ([] if default_malloc else ["train", "eval"])
+    setup = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert setup["phase"] == "setup" and setup["default_malloc"] is default_malloc

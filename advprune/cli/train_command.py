@@ -94,6 +94,7 @@ def _setup_record(factory: RunFactory, args: argparse.Namespace, test_size: int)
         "test": {"split": "test", "n": min(args.eval_n, test_size), "ids": f"the first {args.eval_n}"},
         "model": factory.model_name,
         "attack": {"kind": args.attack, "eps": args.eps, "steps": args.steps, "norm": args.norm},
+        "default_malloc": args.default_malloc,  # False: on the CPU the Trainer tuned malloc (timings differ)
     }
 
 
