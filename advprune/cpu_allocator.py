@@ -4,9 +4,10 @@ temporaries are not page-faulted in afresh at every step.
 glibc serves a large allocation with mmap and gives it back to the kernel when it is freed; the next
 step's tensor of the same size then touches fresh pages, one page fault per 4 KiB (costly in a virtual
 machine). The tuning raises the mmap threshold to 1 GiB (or 32 MiB, the documented cap, where glibc
-refuses more) and turns off trimming the heap's top, so freed blocks are reused: a PGD training step of
-the small CNN took about 0.75x as long on this project's 2-core AMD EPYC (AVX2, float32). The cost: the
-process keeps its peak memory until it exits, as a caching allocator does.
+refuses more) and turns off trimming the heap's top, so freed blocks are reused: one PGD training step
+of the small CNN (batch 128) took 0.65-0.8x as long on this project's 2-core AMD EPYC (AVX2, float32);
+whole epochs gain less (the README's AVX2 table). The cost: the process keeps its peak memory until it
+exits, as a caching allocator does.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ loss.backward() for the attack gradient), same model, data, PGD steps and epochs
 one run; then clean and PGD-20 accuracy of both, and the Trainer's overhead: epoch time
 over (steps + 1) x the model's measured forward+backward time in the same precision
 and layout. The plain loop runs first, with glibc's default malloc as a user's loop has it;
-the Trainer then tunes the allocator (RunConfig.tune_cpu_allocator, process-wide), and the
-plain loop runs once more under that tuning, so the table can say which share of the gain
-is the allocator's.
+the Trainer then tunes the allocator (RunConfig.tune_cpu_allocator, process-wide; not with
+--default-malloc), and the plain loop runs once more (second in its process: a warm heap too).
 
     python bench/train.py [--n 10000] [--epochs 1] [--steps 3]
 """
@@ -75,6 +74,7 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eval-n", type=int, default=1000)
+    parser.add_argument("--default-malloc", action="store_true", help="the Trainer leaves malloc as it is")
     parser.add_argument("--out", default="bench/results/train.json")
     args = parser.parse_args()
     alpha = args.eps / 4
@@ -106,7 +106,7 @@ def main() -> None:
         AttackConfig("pgd", eps=args.eps, step_size=alpha, steps=args.steps),
         epochs=args.epochs,
         optim=OptimConfig(lr=0.05, schedule="constant"),
-        run=RunConfig(device="cpu", quiet=True),
+        run=RunConfig(device="cpu", quiet=True, tune_cpu_allocator=not args.default_malloc),
     )
     ours_s = []
     loader = make_loader(train, backend="memory", batch_size=args.batch_size, channels_last=True)
@@ -115,7 +115,7 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer.fit(loader)
         ours_s.append(time.perf_counter() - t0)
-    _, plain_tuned_s = plain_run()  # the same loop under the allocator tuning the Trainer applied
+    _, plain_tuned_s = plain_run()  # the same loop again (under the tuning, unless --default-malloc)
     per_batch = fwd_bwd_seconds(
         models.create("small-cnn"),
         x_all[: args.batch_size],
