@@ -13,28 +13,23 @@ exits, as a caching allocator does.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import threading
 
 M_TRIM_THRESHOLD = -1  # glibc malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLDS = (1 << 30, 32 << 20)  # the first glibc accepts (32 MiB: the cap older versions keep)
 NO_TRIM = 2**31 - 1  # the largest value mallopt's int takes: the heap's top is (in practice) never trimmed
 
-_lock = threading.Lock()
 _tuned: bool | None = None  # None: not tried yet
 
 
 def _glibc_mallopt():
-    """glibc's mallopt, or None where the C library is another (musl, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """glibc's mallopt, or None where the C library is another (musl, macOS, Windows). The process's own
+    symbols hold the C library's (no ctypes.util.find_library, which runs ldconfig in a subprocess)."""
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         getattr(libc, "gnu_get_libc_version")  # noqa: B009 -- glibc only: raises AttributeError elsewhere
         mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows takes no None
         return None
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt
@@ -43,14 +38,13 @@ def _glibc_mallopt():
 def tune_cpu_allocator() -> bool:
     """Applies the tuning once per process; returns True where it is in effect (glibc accepted both
     options), False where the C library is not glibc or refused them. Calling it again returns the
-    first answer."""
+    first answer (two threads racing here would only set the same options twice)."""
     global _tuned
-    with _lock:
-        if _tuned is None:
-            mallopt = _glibc_mallopt()
-            threshold_set = bool(mallopt) and any(mallopt(M_MMAP_THRESHOLD, value) for value in MMAP_THRESHOLDS)
-            _tuned = threshold_set and bool(mallopt(M_TRIM_THRESHOLD, NO_TRIM))
-        return _tuned
+    if _tuned is None:
+        mallopt = _glibc_mallopt()
+        threshold_set = bool(mallopt) and any(mallopt(M_MMAP_THRESHOLD, value) for value in MMAP_THRESHOLDS)
+        _tuned = threshold_set and bool(mallopt(M_TRIM_THRESHOLD, NO_TRIM))
+    return _tuned
 
 
 def cpu_allocator_tuned() -> bool:

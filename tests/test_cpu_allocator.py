@@ -12,7 +12,7 @@ from advprune.train import trainer as trainer_module
 
 
 def _is_glibc() -> bool:
-    name = ctypes.util.find_library("c")
+    name = ctypes.util.find_library("c")  # independent of the module's own lookup
     return name is not None and hasattr(ctypes.CDLL(name), "gnu_get_libc_version")
 
 
