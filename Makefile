@@ -21,8 +21,13 @@ test: setup lint test-cpp test-py wheel-check gpu-check-dry
 test-cpp:
 	bash scripts/cmake_test.sh
 
+# pytest on every core (pytest-xdist), then the tests that must run alone; the real CIFAR-10 tests read the
+# JPEG copy decoded once into a cache (they skip where there is none).
+TEST_WORKERS ?= $(shell nproc)
 test-py:
-	$(PY) -m pytest tests -q
+	cifar10=$$(bash scripts/cifar10_cache.sh) && export ADVPRUNE_CIFAR10_DIR="$$cifar10" && \
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadgroup -m "not alone" && \
+	$(PY) -m pytest tests -q -m alone
 
 # Build the wheel, install it into a fresh venv outside the source tree, import everything, train and evaluate.
 wheel-check:

@@ -132,12 +132,13 @@ def cuda_tests(check: Check) -> dict:
     """The CUDA tests, a file at a time (a crash ends one file, not the step): each file's summary, and for
     a crash the test it hit and the innermost frames (faulthandler prints them first). Full log in --out."""
     files, summaries, failed = [f"tests/{name}.py" for name in CUDA_TESTS], {}, []
+    # a dry run collects the selection only, one "file::test" a line (counted below), in one pytest call
+    groups = [" ".join(files)] if check.dry_run else files
     log = check.out / "cuda_tests.log"
     log.write_text("")
-    for file in files:
-        # a dry run collects the selection only, one "file::test" a line, which the check below counts
+    for file in groups:
         mode = ["-q", "--collect-only"] if check.dry_run else ["-v"]
-        command = [sys.executable, "-X", "faulthandler", "-m", "pytest", file, *mode, "-k", "cuda or gpu",
+        command = [sys.executable, "-X", "faulthandler", "-m", "pytest", *file.split(), *mode, "-k", "cuda or gpu",
                    "-p", "no:cacheprovider"]  # fmt: skip
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
         output = done.stdout + done.stderr
@@ -207,7 +208,7 @@ def attack_benchmark(check: Check) -> dict:
 
     from advprune import attacks, models
 
-    n, steps, repeats = (16, 2, 2) if check.dry_run else (512, 10, 10)
+    n, steps, repeats = (2, 1, 1) if check.dry_run else (512, 10, 10)
     torch.manual_seed(0)
     model = models.create("preact-resnet18", 10).to(check.device, memory_format=torch.channels_last).eval()
     x = torch.rand(n, 3, 32, 32, device=check.device).contiguous(memory_format=torch.channels_last)
@@ -280,7 +281,7 @@ def cifar10_data(check: Check) -> Path:
 
 def cifar10_runs(check: Check) -> dict:
     data = cifar10_data(check)
-    size = ["--limit", "256", "--epochs", "1", "--val-n", "32", "--eval-n", "32"] if check.dry_run else [
+    size = ["--limit", "96", "--epochs", "1", "--val-n", "32", "--eval-n", "16"] if check.dry_run else [
         "--epochs", "3", "--val-n", "1000", "--eval-n", "1000", "--val-every", "3"]  # fmt: skip
     runs = {}
     for name, prune in (("full", []), ("random-0.2", ["--prune", "random:0.2"])):

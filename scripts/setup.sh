@@ -39,7 +39,7 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
 fi
 
 echo "== installing FFCV, build and test tools"
-"${PIP[@]}" install "setuptools>=64" wheel ninja "cmake>=3.27,<4" numpy tqdm "pytest>=8" hypothesis ruff \
+"${PIP[@]}" install "setuptools>=64" wheel ninja "cmake>=3.27,<4" numpy tqdm "pytest>=8" pytest-xdist hypothesis ruff \
   "ffcv==1.0.2" "torchattacks==3.5.1" matplotlib scipy
 
 echo "== building advprune (pip install --no-build-isolation -e .)"

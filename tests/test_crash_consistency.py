@@ -248,6 +248,7 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.alone  # another test's FFCV writer would add shared memory and trackers of its own
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_prepare_interrupted_leaves_no_process_shared_memory_or_partial_file(tmp_path, how):
     """Killed with -9, prepare left a 0.5 GB writer worker, a resource tracker holding /dev/shm segments,
