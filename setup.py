@@ -81,7 +81,14 @@ else:
 
 
 class Build(BuildExtension):
-    """Records what was built in advprune/_build_config.py, read by advprune.build_info()."""
+    """Records what was built in advprune/_build_config.py, read by advprune.build_info(). The editable
+    install and the wheel share one object folder (build/objects), so that the second build only relinks:
+    ninja recompiles what changed (a source, a header or a flag)."""
+
+    def finalize_options(self) -> None:
+        chosen = self.build_temp  # --build-temp, when given
+        super().finalize_options()
+        self.build_temp = chosen or str(ROOT / "build" / "objects")
 
     def run(self) -> None:
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
