@@ -205,7 +205,7 @@ def _evaluate(folder: Path, evaluation: dict, log: Path, train: dict) -> tuple[d
     setting's data folder and device; eval seconds."""
     seconds = 0.0
     pgd_file, aa_file = folder / "eval_pgd.json", folder / "eval_autoattack.json"
-    common = _eval_args(folder, evaluation.get("n", 1000), train)
+    common = _eval_args(folder, evaluation.get("n", 1000), train, evaluation)
     if not pgd_file.exists():
         steps = str(evaluation.get("pgd_steps", 50))
         seconds += _evaluation([*common, "--attack", "pgd", "--steps", steps, "--out", str(pgd_file)], log)
@@ -215,11 +215,13 @@ def _evaluate(folder: Path, evaluation: dict, log: Path, train: dict) -> tuple[d
     return json.loads(pgd_file.read_text()), json.loads(aa_file.read_text()), seconds
 
 
-def _eval_args(folder: Path, n: int, train: dict) -> list[str]:
+def _eval_args(folder: Path, n: int, train: dict, evaluation: dict) -> list[str]:
     """`advprune eval` of the run's last.pt on the first n test images, on the training setting's data folder
-    and device, with its malloc choice."""
+    and device, with its malloc choice, in the [eval] table's layout (contiguous = true: as evaluations before
+    `advprune eval` went channels_last)."""
     where = _flags({key: train[key] for key in ("data_dir", "device", "default_malloc") if key in train})
-    return ["eval", "--checkpoint", str(folder / "last.pt"), "--n", str(n), "--quiet", *where]
+    layout = ["--contiguous"] if evaluation.get("contiguous", False) else []
+    return ["eval", "--checkpoint", str(folder / "last.pt"), "--n", str(n), "--quiet", *where, *layout]
 
 
 def _autoattack_flags(stages: str) -> list[str]:
@@ -303,7 +305,7 @@ def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
             return None
         file, seconds = folder / "eval_autoattack_final.json", 0.0
         if not file.exists():
-            args = _eval_args(folder, final.get("n", 1000), config["train"])
+            args = _eval_args(folder, final.get("n", 1000), config["train"], config.get("eval", {}))
             args += _autoattack_flags(final.get("autoattack_stages", "standard"))
             seconds = _evaluation([*args, "--out", str(file)], folder / "sweep.log")
         result = json.loads(file.read_text())

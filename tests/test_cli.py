@@ -136,7 +136,7 @@ def test_config_file_with_flags_overriding(tmp_path):
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is not installed")
-def test_train_validates_on_held_out_training_samples_and_tests_on_the_test_set(tmp_path, capsys):
+def test_train_validates_on_held_out_training_samples_and_tests_on_the_test_set(tmp_path, capsys, monkeypatch):
     """Validation came from the first --val-n test images: the test set chose best.pt and drove the guard."""
     import json
 
@@ -204,6 +204,29 @@ def test_train_validates_on_held_out_training_samples_and_tests_on_the_test_set(
     assert main(argv) == 0
     evaluated = json.loads(report.read_text())
     assert evaluated["norm"] == "l2" and evaluated["n"] == 16 and evaluated["split"] == "test"
+    assert evaluated["layout"] == "channels_last"
+    eval_sees_the_layout(out / "last.pt", monkeypatch)
+
+
+def eval_sees_the_layout(checkpoint, monkeypatch) -> None:
+    """advprune eval hands evaluate() a channels_last model, as training had it; --contiguous keeps it
+    contiguous (the images follow; gray ones are both layouts at once)."""
+    import torch
+
+    import advprune.evaluate
+
+    seen = []
+
+    def record(model, x, y, **kwargs):
+        weight = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)  # 1 channel: both at once
+        layouts = [weight.is_contiguous(memory_format=f) for f in (torch.contiguous_format, torch.channels_last)]
+        seen.append(layouts)
+        return {"n": len(y), "attack": "clean", "clean_acc": 0.5}
+
+    monkeypatch.setattr(advprune.evaluate, "evaluate", record)
+    base = ["eval", "--checkpoint", str(checkpoint), "--n", "8", "--attack", "clean", "--quiet"]
+    assert main(base) == 0 and main([*base, "--contiguous"]) == 0
+    assert seen == [[False, True], [True, False]]
 
 
 def read_fashion_mnist_labels(n: int):

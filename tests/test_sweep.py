@@ -110,22 +110,23 @@ def test_the_report_compares_with_random_and_draws_the_plots(sweep):
     assert (out / "report.md").read_text() == text
 
 
-def test_evaluations_read_the_training_settings_data_folder(tmp_path, monkeypatch):
+@pytest.mark.parametrize("contiguous", [False, True])
+def test_evaluations_read_the_training_settings_data_folder(tmp_path, monkeypatch, contiguous):
     """CIFAR-10 has no default folder: the evaluations must get the [train] table's data_dir (and device, and
-    its malloc choice, so that they are timed as the training was)."""
+    its malloc choice, so that they are timed as the training was), and the [eval] table's layout."""
     import advprune.sweep as sweep_module
 
     calls = []
     monkeypatch.setattr(sweep_module, "_evaluation", lambda args, log: calls.append(args) or 0.0)
     train = {"data_dir": "data", "device": "cpu", "default_malloc": True, "lr": 0.2}
     with pytest.raises(FileNotFoundError):  # nothing written by the stand-in evaluation
-        sweep_module._evaluate(tmp_path, {"n": 8}, tmp_path / "log", train)
+        sweep_module._evaluate(tmp_path, {"n": 8, "contiguous": contiguous}, tmp_path / "log", train)
     assert len(calls) == 2  # PGD, then AutoAttack
     for args in calls:
         at = args.index("--data-dir")
         assert args[at : at + 2] == ["--data-dir", "data"] and "--device" in args and "--default-malloc" in args
         assert "--lr" not in args
-    assert all(parse(args).default_malloc for args in calls)
+    assert all(parse(args).default_malloc and parse(args).contiguous == contiguous for args in calls)
 
 
 def test_welch_p_against_a_known_value():

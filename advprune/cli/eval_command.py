@@ -13,13 +13,16 @@ from advprune.cpu_allocator import tune_cpu_allocator
 
 
 def eval_command(args: argparse.Namespace) -> None:
+    import torch
+
     from advprune.autoattack import STAGES
     from advprune.data.readers import read_dataset
     from advprune.evaluate import evaluate, format_result
 
     model, meta = checkpoint_model(args.checkpoint, args.weights)
     device = resolve_device(args.device)
-    model.to(device)
+    layout = torch.contiguous_format if args.contiguous else torch.channels_last  # the models are advprune's own
+    model.to(device, memory_format=layout)
     if device.type == "cpu" and not args.default_malloc:
         tune_cpu_allocator()  # the attacks' temporaries reuse freed memory instead of faulting pages in
     test = read_dataset(args.dataset or meta.get("dataset"), args.data_dir, train=False)
@@ -32,6 +35,7 @@ def eval_command(args: argparse.Namespace) -> None:
     if unknown:
         raise UsageError(f"--stages: unknown {', '.join(unknown)} (choose from {', '.join(STAGES)})")
     x, y = tensors(test, range(min(args.n, len(test))))
+    x = x.contiguous(memory_format=layout)
     result = evaluate(
         model,
         x,
@@ -50,6 +54,7 @@ def eval_command(args: argparse.Namespace) -> None:
         test_ids=f"the first {result['n']} of the test set",
         checkpoint=str(args.checkpoint),
         weights=meta["weights"],
+        layout="contiguous" if args.contiguous else "channels_last",
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

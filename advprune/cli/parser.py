@@ -199,6 +199,11 @@ def _eval_parser(commands) -> None:
     e.add_argument("--batch-size", type=int, default=250, help="250 as the official AutoAttack run")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     e.add_argument("--default-malloc", action="store_true", help=DEFAULT_MALLOC_HELP)
+    e.add_argument(
+        "--contiguous",
+        action="store_true",
+        help="keep model and images contiguous (default: channels_last for advprune's models, as in training)",
+    )
     e.add_argument("--out", default=None, help="also write the result as JSON to this file")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(run=eval_command)
