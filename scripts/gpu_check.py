@@ -133,21 +133,22 @@ def cuda_tests(check: Check) -> dict:
     a crash the test it hit and the innermost frames (faulthandler prints them first). Full log in --out."""
     files, summaries, failed = [f"tests/{name}.py" for name in CUDA_TESTS], {}, []
     # a dry run collects the selection only, one "file::test" a line (counted below), in one pytest call
-    groups = [" ".join(files)] if check.dry_run else files
+    groups = [files] if check.dry_run else [[file] for file in files]
     log = check.out / "cuda_tests.log"
     log.write_text("")
-    for file in groups:
+    for group in groups:
+        name = " ".join(group)
         mode = ["-q", "--collect-only"] if check.dry_run else ["-v"]
-        command = [sys.executable, "-X", "faulthandler", "-m", "pytest", *file.split(), *mode, "-k", "cuda or gpu",
+        command = [sys.executable, "-X", "faulthandler", "-m", "pytest", *group, *mode, "-k", "cuda or gpu",
                    "-p", "no:cacheprovider"]  # fmt: skip
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
         output = done.stdout + done.stderr
         with log.open("a") as f:
-            f.write(f"=== {file} (exit {done.returncode})\n{output}\n")
-        summaries[file] = crash_summary(output) if done.returncode < 0 or done.returncode > 128 else (
+            f.write(f"=== {name} (exit {done.returncode})\n{output}\n")
+        summaries[name] = crash_summary(output) if done.returncode < 0 or done.returncode > 128 else (
             output.strip().splitlines() or ["(no output)"])[-1]  # fmt: skip
         if done.returncode != 0:
-            failed.append(file)
+            failed.append(name)
     if check.dry_run and not any("::" in line for line in log.read_text().splitlines()):
         raise RuntimeError("the CUDA test selection collected nothing")
     if failed:
