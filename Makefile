@@ -26,7 +26,7 @@ test-cpp:
 TEST_WORKERS ?= $(shell nproc)
 test-py:
 	cifar10=$$(bash scripts/cifar10_cache.sh) && export ADVPRUNE_CIFAR10_DIR="$$cifar10" && \
-	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadgroup -m "not alone" && \
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) -m "not alone" && \
 	$(PY) -m pytest tests -q -m alone
 
 # Build the wheel, install it into a fresh venv outside the source tree, import everything, train and evaluate.

@@ -1,7 +1,8 @@
 """PGD-K evaluation: advprune.evaluate (early exit: a sample leaves the attack at its first misclassified
 iterate, and misclassified samples are never attacked) against torchattacks.PGD (every sample, all K
 steps, judged on the last iterate), on one checkpoint and the first n test images, float32, in one run;
-median seconds over repeats after a warm-up, robust accuracy of each, for both memory layouts.
+median seconds over repeats after a warm-up, robust accuracy of each, for both memory layouts, and each as
+it is used (advprune eval in channels_last, torchattacks on the model as loaded: contiguous).
 
     make run   # or any run folder
     python bench/eval_pgd.py --checkpoint runs/main/last.pt [--n 1000] [--steps 50] [--repeats 3]
@@ -91,7 +92,11 @@ def main() -> None:
             f"{100 * ours['robust_acc']:.1f}%   ratio {row['ratio']:.2f}   (clean {100 * ours['clean_acc']:.1f}%)",
             flush=True,
         )
-    summary = {"checkpoint": args.checkpoint, "n": args.n, "steps": args.steps, "eps": eps, "rows": rows}
+    # as each is used: advprune eval puts advprune's models in channels_last; a loaded model is contiguous
+    defaults = rows[1]["advprune_s"] / rows[0]["torchattacks_s"]
+    print(f"advprune eval's layout (channels_last) against torchattacks.PGD on the model as loaded: {defaults:.2f}")
+    summary = {"checkpoint": args.checkpoint, "n": args.n, "steps": args.steps, "eps": eps, "rows": rows,
+               "defaults_ratio": defaults}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1))
     print(f"wrote {args.out}")

@@ -26,7 +26,6 @@ from advprune.pruning import PrunedSampler
 from tests import dist_worker
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
-SHARES_RUNS = pytest.mark.xdist_group("distributed-runs")  # one worker makes the module's runs
 
 
 def free_port() -> int:
@@ -102,7 +101,6 @@ def runs(tmp_path_factory):
     return results
 
 
-@SHARES_RUNS
 @pytest.mark.parametrize("kind", ["random", "ccs", "dynamic"])
 def test_each_epoch_is_split_into_disjoint_equal_shares(runs, kind):
     (rank0, rank1), single = runs[kind]
@@ -112,7 +110,6 @@ def test_each_epoch_is_split_into_disjoint_equal_shares(runs, kind):
         assert sorted(set(a) | set(b)) == sorted(set(single["served"][epoch]))  # the same subset as one process
 
 
-@SHARES_RUNS
 @pytest.mark.parametrize("kind", ["random", "ccs", "dynamic"])
 def test_every_rank_holds_the_same_pruner_state(runs, kind):
     (rank0, rank1), _ = runs[kind]
@@ -126,7 +123,6 @@ def test_every_rank_holds_the_same_pruner_state(runs, kind):
                 assert torch.equal(value, other), name
 
 
-@SHARES_RUNS
 @pytest.mark.parametrize("kind", ["random", "ccs", "dynamic", "reuse"])
 def test_two_ranks_end_with_the_weights_of_one_process_with_the_same_global_batch(runs, kind):
     """The gradients are the same sums taken in another order (each rank sums its half of the global batch,
@@ -142,7 +138,6 @@ def test_two_ranks_end_with_the_weights_of_one_process_with_the_same_global_batc
         assert difference <= 1e-4 * value.abs().max(), (name, float(difference))
 
 
-@SHARES_RUNS
 def test_the_perturbation_memory_is_shared_by_the_ranks_and_is_one_processs(runs):
     """Each rank trains half of each epoch's samples; at the epoch's end the ranks share what they wrote, so
     that both hold every sample's last perturbation, that of one process with the same global batch (but
@@ -155,7 +150,6 @@ def test_the_perturbation_memory_is_shared_by_the_ranks_and_is_one_processs(runs
     assert differing.max() <= 1 and (differing > 0).float().mean() <= 1e-3
 
 
-@SHARES_RUNS
 def test_per_sample_results_are_gathered_exactly_in_one_collective(runs):
     (rank0, rank1), single = runs["dynamic"]
     expected = [
@@ -170,7 +164,6 @@ def test_per_sample_results_are_gathered_exactly_in_one_collective(runs):
     assert one.keys() == two.keys() and all(abs(one[i] - two[i]) <= 1e-4 * (1 + abs(one[i])) for i in one)
 
 
-@SHARES_RUNS
 def test_the_attack_costs_no_gradient_all_reduce(runs):
     (rank0, rank1), _ = runs["dynamic"]
     assert rank0["attack_checks"] and all(rank0["attack_checks"]) and all(rank1["attack_checks"])

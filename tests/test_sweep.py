@@ -23,10 +23,7 @@ from advprune.report import (
 )
 from advprune.sweep import PRESETS, grid_runs, load_sweep, run_sweep, select_runs
 
-pytestmark = [
-    pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing"),
-    pytest.mark.xdist_group("sweep"),  # one worker runs the module's sweep
-]
+pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
 
 CONFIG = {
     "train": {
