@@ -23,7 +23,8 @@ test-cpp:
 
 # pytest on every core (pytest-xdist), then the tests that must run alone; the real CIFAR-10 tests read the
 # JPEG copy decoded once into a cache (they skip where there is none).
-TEST_WORKERS ?= $(shell nproc)
+# at most 4 workers: each holds a torch of its own
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 test-py:
 	cifar10=$$(bash scripts/cifar10_cache.sh) && export ADVPRUNE_CIFAR10_DIR="$$cifar10" && \
 	$(PY) -m pytest tests -q -n $(TEST_WORKERS) -m "not alone" && \

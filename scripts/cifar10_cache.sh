@@ -3,7 +3,8 @@
 # ADVPRUNE_CIFAR10_DIR, decoding the copy once into a cache (an interrupted decode leaves nothing behind).
 # An ADVPRUNE_CIFAR10_DIR already set (e.g. a user's official python version) is printed as it is. Where
 # no copy is found it prints nothing and says so on stderr: those tests then skip.
-#   ADVPRUNE_CIFAR10_JPEG   the folder with cifar10-jpeg.npz and to_python_version.py (default: ../shared/data/cifar10)
+#   ADVPRUNE_CIFAR10_JPEG   the folder with cifar10-jpeg.npz and to_python_version.py (default: ../shared/data/cifar10
+#                           beside the checkout, or /work/shared/data/cifar10 where this project's machines keep it)
 #   ADVPRUNE_CACHE          where to decode (default: ~/.cache/advprune)
 set -euo pipefail
 cd "$(dirname "$0")/.."
