@@ -21,7 +21,7 @@ test: setup lint test-cpp test-py wheel-check gpu-check-dry
 test-cpp:
 	bash scripts/cmake_test.sh
 
-# pytest on every core (pytest-xdist), then the tests that must run alone; the real CIFAR-10 tests read the
+# pytest on up to four cores (pytest-xdist), then the tests that must run alone; the real CIFAR-10 tests read the
 # JPEG copy decoded once into a cache (they skip where there is none).
 # at most 4 workers: each holds a torch of its own
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
