@@ -13,6 +13,10 @@ if [ -n "${ADVPRUNE_CIFAR10_DIR:-}" ]; then
   exit 0
 fi
 PY=${PY:-.venv/bin/python}
+if [ -n "${ADVPRUNE_CIFAR10_JPEG:-}" ] && [ ! -f "$ADVPRUNE_CIFAR10_JPEG/cifar10-jpeg.npz" ]; then
+  echo "cifar10_cache: ADVPRUNE_CIFAR10_JPEG=$ADVPRUNE_CIFAR10_JPEG holds no cifar10-jpeg.npz" >&2
+  exit 1
+fi
 source_dir=
 for candidate in "${ADVPRUNE_CIFAR10_JPEG:-}" ../shared/data/cifar10 /work/shared/data/cifar10; do
   if [ -n "$candidate" ] && [ -f "$candidate/to_python_version.py" ] && [ -f "$candidate/cifar10-jpeg.npz" ]; then
@@ -25,7 +29,7 @@ if [ -z "$source_dir" ]; then
     "the real CIFAR-10 tests will skip" >&2
   exit 0
 fi
-cache=${ADVPRUNE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/advprune}/cifar10-jpeg
+cache=${ADVPRUNE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/advprune}/cifar10-jpeg
 if [ ! -f "$cache/cifar-10-batches-py/test_batch" ]; then
   mkdir -p "$(dirname "$cache")"
   partial=$(mktemp -d "$cache.partial.XXXXXX")
