@@ -49,6 +49,7 @@ def evaluate(
     stages: Sequence[str] = autoattack.STAGES,
     progress: bool = False,
     world: World | None = None,
+    memory_format: torch.memory_format | None = None,
 ) -> dict:
     """Clean and robust accuracy (fractions in [0, 1]) of `model` on the first n samples of (x, y),
     computed on the model's device (x and y are moved there batch by batch).
@@ -56,7 +57,8 @@ def evaluate(
     attack: "clean", "pgd" (PGD-steps, step size eps/4 by default, with restarts) or "autoattack"
     (the official standard version; `stages` picks a subset, with per-stage robust accuracy in
     the result). The model is put in eval mode. world: under torch.distributed each rank evaluates
-    its share (every world.size-th sample) and the counts are summed.
+    its share (every world.size-th sample) and the counts are summed. memory_format: the layout the
+    images are put in (the model's, e.g. torch.channels_last; None: as they come).
     """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
@@ -66,6 +68,8 @@ def evaluate(
     model.eval()
     n = len(y) if n is None else min(n, len(y))
     x, y = x[:n][world.rank :: world.size], y[:n][world.rank :: world.size]
+    if memory_format is not None and x.dim() == 4:
+        x = x.contiguous(memory_format=memory_format)
     result = {"n": n, "attack": attack}
     if attack == "autoattack":
         counts = _autoattack_counts(model, x, y, eps, norm, stages, seed, batch_size, progress and world.is_main)

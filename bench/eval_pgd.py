@@ -93,7 +93,8 @@ def main() -> None:
             flush=True,
         )
     # as each is used: advprune eval puts advprune's models in channels_last; a loaded model is contiguous
-    defaults = rows[1]["advprune_s"] / rows[0]["torchattacks_s"]
+    by_layout = {row["layout"]: row for row in rows}
+    defaults = by_layout["channels_last"]["advprune_s"] / by_layout["contiguous"]["torchattacks_s"]
     print(f"advprune eval's layout (channels_last) against torchattacks.PGD on the model as loaded: {defaults:.2f}")
     summary = {"checkpoint": args.checkpoint, "n": args.n, "steps": args.steps, "eps": eps, "rows": rows,
                "defaults_ratio": defaults}  # fmt: skip

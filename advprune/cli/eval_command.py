@@ -21,8 +21,9 @@ def eval_command(args: argparse.Namespace) -> None:
 
     model, meta = checkpoint_model(args.checkpoint, args.weights)
     device = resolve_device(args.device)
-    layout = torch.contiguous_format if args.contiguous else torch.channels_last  # the models are advprune's own
-    model.to(device, memory_format=layout)
+    layout = "contiguous" if args.contiguous else "channels_last"  # the models are advprune's own
+    memory_format = torch.contiguous_format if args.contiguous else torch.channels_last
+    model.to(device, memory_format=memory_format)
     if device.type == "cpu" and not args.default_malloc:
         tune_cpu_allocator()  # the attacks' temporaries reuse freed memory instead of faulting pages in
     test = read_dataset(args.dataset or meta.get("dataset"), args.data_dir, train=False)
@@ -35,7 +36,6 @@ def eval_command(args: argparse.Namespace) -> None:
     if unknown:
         raise UsageError(f"--stages: unknown {', '.join(unknown)} (choose from {', '.join(STAGES)})")
     x, y = tensors(test, range(min(args.n, len(test))))
-    x = x.contiguous(memory_format=layout)
     result = evaluate(
         model,
         x,
@@ -48,13 +48,14 @@ def eval_command(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         stages=stages,
         progress=not args.quiet,
+        memory_format=memory_format,
     )
     result.update(
         split="test",
         test_ids=f"the first {result['n']} of the test set",
         checkpoint=str(args.checkpoint),
         weights=meta["weights"],
-        layout="contiguous" if args.contiguous else "channels_last",
+        layout=layout,
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -157,8 +157,6 @@ def _finish(args, out: Path, trainer, pruner, forgetting, test, record, started:
     result = None
     if args.eval_n > 0:  # 0: evaluated elsewhere (advprune eval; a sweep)
         x_test, y_test = tensors(test, range(min(args.eval_n, len(test))))
-        if trainer.memory_format is not None:  # the images in the model's layout
-            x_test = x_test.contiguous(memory_format=trainer.memory_format)
         result = evaluate(
             trainer.final_model,
             x_test,
@@ -169,6 +167,7 @@ def _finish(args, out: Path, trainer, pruner, forgetting, test, record, started:
             norm=args.norm,
             progress=not args.quiet and world.is_main,
             world=world,
+            memory_format=trainer.memory_format,
         )
     if not world.is_main:
         return

@@ -164,8 +164,6 @@ class Trainer:
     def _validate(self, val: tuple[torch.Tensor, torch.Tensor]) -> dict:
         """Clean and PGD accuracy on the held-out data (each rank its share, the counts summed)."""
         x, y = val
-        if self.memory_format is not None and x.dim() == 4:
-            x = x.contiguous(memory_format=self.memory_format)
         a, v = self.attack, self.validation
         result = evaluate(
             self.model,
@@ -179,6 +177,7 @@ class Trainer:
             batch_size=v.batch_size,
             seed=self.run.seed,
             world=self.world,
+            memory_format=self.memory_format,
         )
         return {"val_clean_acc": result["clean_acc"], "val_pgd_acc": result["robust_acc"], "val_n": result["n"]}
 
