@@ -108,8 +108,13 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {spread:.1f}%"
 
 
-def cpu_name() -> str:
-    """The CPU's model name and whether it computes bfloat16 natively (timings differ between the two kinds)."""
+def machine_name() -> str:
+    """The GPU the runs used, or the CPU's model name and whether it computes bfloat16 natively (timings differ
+    between the two kinds)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, bfloat16 autocast, torch {torch.__version__}"
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -139,7 +144,7 @@ def main() -> None:
         run_one(kinds[slug], folder, common, setting.data, seed, args.n) for (slug, seed), folder in folders.items()
     ]
     lines = [f"{args.setting}, {epochs} epochs, {len(args.seeds)} seeds, AutoAttack (APGD-CE, APGD-T) on the "
-             f"first {args.n} test images; {cpu_name()}", "",
+             f"first {args.n} test images; {machine_name()}", "",
              "| training attack | seeds | clean | AutoAttack | training wall s | vs fresh PGD-10 time |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     by_variant = {label: [r for r in results if r["variant"] == label] for label, _ in kinds.values()}
