@@ -353,6 +353,17 @@ def markdown(check: Check) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(check: Check) -> None:
+    """gpu_check.json and gpu_check.md in --out, each replaced whole (a temporary file renamed)."""
+    for name, text in (
+        ("gpu_check.json", json.dumps(check.steps, indent=1, default=str)),
+        ("gpu_check.md", markdown(check)),
+    ):
+        partial = check.out / f".{name}.partial"
+        partial.write_text(text)
+        partial.replace(check.out / name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check-out"))
@@ -373,8 +384,7 @@ def main() -> None:
         ("cifar-10 runs", cifar10_runs),
     ):
         check.run(name, fn)
-    (out / "gpu_check.json").write_text(json.dumps(check.steps, indent=1, default=str))
-    (out / "gpu_check.md").write_text(markdown(check))
+        write_report(check)  # after every step: a check cut short by a time limit still leaves its report
     print(markdown(check))
     sys.exit(0 if all(step["ok"] for step in check.steps) else 1)
 
