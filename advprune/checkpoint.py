@@ -21,11 +21,22 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """torch.save(state) to path: serialised in memory first (so its size is known: DiskFull, naming the
     file and the space it needs, when it cannot fit), then a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_checkpoint_bytes(path, checkpoint_bytes(state))
+
+
+def checkpoint_bytes(state: dict) -> memoryview:
+    """torch.save(state) into memory: a snapshot of the state as it is now (tensors on a GPU are copied to
+    the host), which write_checkpoint_bytes can write later, on another thread."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    return write_bytes_atomic(path, buffer.getbuffer(), durable=True)
+    return buffer.getbuffer()
+
+
+def write_checkpoint_bytes(path: str | Path, data: memoryview | bytes) -> Path:
+    """The serialised checkpoint `data` written to path atomically and durably (fsync before the rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(path, data, durable=True)
 
 
 def _first_line(exc: Exception, limit: int = 160) -> str:

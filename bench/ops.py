@@ -4,8 +4,10 @@ torch.compile of that composite, measured in one run.
 Each case: median milliseconds over many repetitions after warm-up, speed-up
 ratios, and the achieved bandwidth against a tensor copy of the same size
 measured in the same run. On a GPU also each op's and the copy's own kernel time (calls replayed from a
-CUDA graph: no launch or host work), the bandwidth figure without the call's overhead. A table on screen,
-JSON to a file.
+CUDA graph: no launch or host work), the bandwidth figure without the call's overhead. On a GPU each op and
+its copy cycle through copies of their operands that together exceed the L2 cache (ROTATE_BYTES), so that
+every size measures memory, not the cache (one buffer replayed stays in an H200's 60 MB L2). A table on
+screen, JSON to a file.
 
     python bench/ops.py [--device cpu|cuda|all] [--out bench/results/ops-cpu.json] [--quick]
 """
@@ -13,6 +15,7 @@ JSON to a file.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -30,6 +33,8 @@ from advprune import ops
 
 EPS, STEP = 8 / 255, 2 / 255  # the linf PGD setting of CIFAR-10 training
 SYNCING_OPS = {"scores+check"}  # a host sync in every call: no CUDA graph can hold it
+ROTATE_BYTES = 256 * 2**20  # on a GPU, operand copies cycled through per case: over 4x an H100's or H200's L2
+MAX_COPIES = 64
 
 
 def pgd_eager(x_adv, grad, x_nat, eps: float, step: float):
@@ -136,8 +141,17 @@ def graph_ms(fn: Callable[[], object], *, min_reps: int, min_seconds: float) -> 
     return median_ms(graph.replay, "cuda", min_reps=min_reps, min_seconds=min_seconds) / calls
 
 
+def rotating(operands: tuple, copies: int) -> Callable[[], tuple]:
+    """A function that returns `copies` independent copies of the operands in turn (the first: themselves)."""
+    sets = [operands] + [tuple(t.clone() for t in operands) for _ in range(copies - 1)]
+    turn = itertools.cycle(sets)
+    return lambda: next(turn)
+
+
 def run_case(name, shape, dtype, device, moved_bytes, fused, eager, args, reps):
     """Times one op three ways plus a copy of the same size; returns a result row."""
+    copies = min(MAX_COPIES, -(-ROTATE_BYTES // moved_bytes)) if device == "cuda" else 1
+    args = rotating(args(), copies)
     compiled = torch.compile(eager)
     repeats = dict(min_reps=reps, min_seconds=0.2 if reps < 20 else 0.5)
     kw = dict(device=device, **repeats)
@@ -145,8 +159,13 @@ def run_case(name, shape, dtype, device, moved_bytes, fused, eager, args, reps):
     t_compile = median_ms(lambda: compiled(*args()), **kw)
     t_fused = median_ms(lambda: fused(*args()), **kw)
     src = torch.empty(moved_bytes // 4 // 2, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    t_copy = median_ms(lambda: dst.copy_(src), **kw)  # moves the same number of bytes
+    copy_args = rotating((torch.empty_like(src), src), copies)
+
+    def copy():  # moves the same number of bytes
+        dst, source = copy_args()
+        return dst.copy_(source)
+
+    t_copy = median_ms(copy, **kw)
     row = {
         "op": name,
         "shape": list(shape),
@@ -156,6 +175,7 @@ def run_case(name, shape, dtype, device, moved_bytes, fused, eager, args, reps):
         "compile_ms": t_compile,
         "advprune_ms": t_fused,
         "copy_ms": t_copy,
+        "operand_copies": copies,
         "speedup_vs_eager": t_eager / t_fused,
         "speedup_vs_compile": t_compile / t_fused,
         "advprune_GBps": moved_bytes / t_fused / 1e6,
@@ -164,7 +184,7 @@ def run_case(name, shape, dtype, device, moved_bytes, fused, eager, args, reps):
     row["fraction_of_copy_bandwidth"] = row["advprune_GBps"] / row["copy_GBps"]
     if device == "cuda" and name not in SYNCING_OPS:
         graph_fused = graph_ms(lambda: fused(*args()), **repeats)
-        graph_copy = graph_ms(lambda: dst.copy_(src), **repeats)
+        graph_copy = graph_ms(copy, **repeats)
         if graph_fused is not None and graph_copy is not None:
             row.update(graph_advprune_ms=graph_fused, graph_copy_ms=graph_copy)
             row["graph_fraction_of_copy_bandwidth"] = graph_copy / graph_fused

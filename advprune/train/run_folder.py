@@ -16,14 +16,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
 from advprune._faults import armed, die, fault_point
-from advprune._files import temporaries, write_atomic
+from advprune._files import disk_full, temporaries, write_atomic
 from advprune._warn import warn
-from advprune.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from advprune.checkpoint import (
+    CheckpointError,
+    checkpoint_bytes,
+    load_checkpoint,
+    save_checkpoint,
+    write_checkpoint_bytes,
+)
 from advprune.train import folder_lock
+from advprune.train.background_write import BackgroundWrite
 
 
 def epoch_records(records: list[dict]) -> list[dict]:
@@ -49,6 +57,7 @@ class RunFolder:
         self.quiet = quiet or not writer
         self.writer = writer
         self._open = False
+        self._writes = BackgroundWrite()  # a checkpoint still being written (save(..., background=True))
 
     def file(self, name: str) -> Path | None:
         return self.path / name if self.path is not None else None
@@ -58,6 +67,7 @@ class RunFolder:
         return self.file("last.pt")
 
     def has_checkpoint(self) -> bool:
+        self._writes.wait()
         return self.last is not None and self.last.is_file()
 
     # ------------------------------------------------------------- start and end
@@ -83,9 +93,13 @@ class RunFolder:
             warn(f"{log} held the log of an earlier run without a checkpoint: kept as {kept.name}, a new log starts")
 
     def close(self) -> None:
-        if self._open:
-            folder_lock.release(self.path)
-            self._open = False
+        """Waits for a checkpoint still being written (raising its error), then lets the folder go."""
+        try:
+            self._writes.wait()
+        finally:
+            if self._open:
+                folder_lock.release(self.path)
+                self._open = False
 
     # -------------------------------------------------------------------- metrics
 
@@ -135,19 +149,34 @@ class RunFolder:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def save(self, state: dict, *, best: bool) -> None:
+    def save(self, state: dict, *, best: bool, background: bool = False) -> None:
         """last.pt, then best.pt when this state is the best so far. last.pt records the best epoch, so a
-        crash between the two writes is seen, and repaired, on resume."""
+        crash between the two writes is seen, and repaired, on resume. The state is serialised at once (a
+        snapshot); background=True writes it on a worker thread while the caller goes on, and the next save,
+        read or close waits for it and raises its error. A disk without room for it fails here, at once."""
         if self.path is None or not self.writer:
             return
-        save_checkpoint(self.path / "last.pt", state)
-        fault_point("between-checkpoints", state.get("epoch"))
-        if best:
-            save_checkpoint(self.path / "best.pt", state)
+        data, epoch = checkpoint_bytes(state), state.get("epoch")
+        self._writes.wait()
+        self.path.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(self.path).free < len(data):
+            raise disk_full(self.path / "last.pt", len(data))
+
+        def write() -> None:
+            write_checkpoint_bytes(self.path / "last.pt", data)
+            fault_point("between-checkpoints", epoch)
+            if best:
+                write_checkpoint_bytes(self.path / "best.pt", data)
+
+        if background:
+            self._writes.start(write)
+        else:
+            write()
 
     def load(self, path: str | Path | None = None) -> dict:
         """A checkpoint of this run (default last.pt), read to the CPU; for an unreadable one, an error
         that says what to do."""
+        self._writes.wait()
         path = Path(path) if path is not None else self.last
         try:
             return load_checkpoint(path, map_location="cpu")
@@ -161,6 +190,7 @@ class RunFolder:
         rebuilds it from last.pt when that is the best (a crash came between the two writes). False when
         best.pt is lost and cannot be rebuilt: the caller forgets the best accuracy, so a later epoch
         writes a new best.pt."""
+        self._writes.wait()
         best_epoch = state.get("best_epoch")
         best = self.file("best.pt")
         if best is None or best_epoch is None or not self.writer:

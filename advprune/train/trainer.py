@@ -192,5 +192,7 @@ class Trainer:
         is_best = robust is not None and robust > self.best_val  # early stopping by robust accuracy (Rice)
         if is_best:
             self.best_val, self.best_epoch = robust, self.epoch
-        self.folder.save(self.state_dict(), best=is_best)  # rank 0 writes
-        self.world.barrier()  # no rank reads a checkpoint (a restore) that rank 0 is still writing
+        # rank 0 writes; alone, on a worker thread while the next epoch trains (a restore waits for it); under
+        # torch.distributed before the barrier, so that no rank reads a checkpoint that rank 0 is still writing
+        self.folder.save(self.state_dict(), best=is_best, background=not self.world.distributed)
+        self.world.barrier()
