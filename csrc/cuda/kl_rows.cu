@@ -1,5 +1,5 @@
-// CUDA kernels of advprune::kl_rows and its fused backward: a group of lanes per row (a warp, or 4, 8
-// or 16 lanes when C is small), the row maxima, then the sums of the header's KL formula; the backward
+// CUDA kernels of advprune::kl_rows and its fused backward: a group of lanes per row (lanes_for(C): one
+// lane at C <= 16, a warp from C = 257 on), the row maxima, then the sums of the header's KL formula; the backward
 // recomputes both and writes the two gradients in a third pass.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -85,6 +85,8 @@ __global__ void kl_backward_kernel(const scalar_t* __restrict__ grad, const scal
 template <typename scalar_t, template <typename, int> class Launch, typename... Args>
 void with_lanes(int64_t n, int64_t c, Args&&... args) {
   switch (lanes_for(c)) {
+    case 1: Launch<scalar_t, 1>::run(n, args...); break;
+    case 2: Launch<scalar_t, 2>::run(n, args...); break;
     case 4: Launch<scalar_t, 4>::run(n, args...); break;
     case 8: Launch<scalar_t, 8>::run(n, args...); break;
     case 16: Launch<scalar_t, 16>::run(n, args...); break;

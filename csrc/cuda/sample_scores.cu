@@ -1,5 +1,6 @@
-// CUDA kernel of advprune::sample_scores: a group of lanes per row (a warp, or 4, 8 or 16 lanes when C
-// is small), two passes over the row (the second from L1/L2), shuffle merges of the header's row state.
+// CUDA kernel of advprune::sample_scores: a group of lanes per row (lanes_for(C): one lane at C <= 16, a
+// warp from C = 257 on), two passes over the row (the second from L1/L2), shuffle merges of the header's
+// row state.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -34,9 +35,9 @@ __device__ inline math::RowMax<A> group_row_max(math::RowMax<A> m) {
   return m;
 }
 
-// LANES lanes a row (the power of two at or above C, at most 32), so that a warp serves 32 / LANES rows
-// when C is small (C = 10: two rows a warp, not 10 busy lanes of 32). Every lane of a warp takes part in
-// the shuffles, also those of a row past the end (they read row n - 1 and write nothing).
+// LANES lanes a row (lanes_for(C)), so that a warp serves 32 / LANES rows when C is small (C = 10: 32 rows
+// a warp, each lane walking its own row). Every lane of a warp takes part in the shuffles, also those of a
+// row past the end (they read row n - 1 and write nothing).
 template <typename scalar_t, int LANES>
 __global__ void scores_kernel(const scalar_t* __restrict__ logits, const int64_t* __restrict__ labels,
                               int64_t n, int64_t c, float* __restrict__ loss, float* __restrict__ margin,
@@ -100,6 +101,8 @@ sample_scores_cuda(const at::Tensor& logits_in, const at::Tensor& labels_in, boo
     const std::array<at::Tensor, 6> out{loss, margin, el2n, entropy, confidence, correct};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "sample_scores_cuda", [&] {
       switch (lanes_for(c)) {
+        case 1: launch_scores<scalar_t, 1>(logits, labels, out); break;
+        case 2: launch_scores<scalar_t, 2>(logits, labels, out); break;
         case 4: launch_scores<scalar_t, 4>(logits, labels, out); break;
         case 8: launch_scores<scalar_t, 8>(logits, labels, out); break;
         case 16: launch_scores<scalar_t, 16>(logits, labels, out); break;
