@@ -92,6 +92,7 @@ def run_one(
         "train_wall_s": train_s,
         "epoch_s": sum(r["seconds"] for r in epoch_records(read_run_metrics(folder))),
         "eval_wall_s": eval_s,
+        "machine": machine_name(),
     }
     result_file.write_text(json.dumps(result, indent=1))
     return result
@@ -143,8 +144,9 @@ def main() -> None:
     results = [
         run_one(kinds[slug], folder, common, setting.data, seed, args.n) for (slug, seed), folder in folders.items()
     ]
+    machines = "; ".join(sorted({r.get("machine", "machine not recorded") for r in results}))
     lines = [f"{args.setting}, {epochs} epochs, {len(args.seeds)} seeds, AutoAttack (APGD-CE, APGD-T) on the "
-             f"first {args.n} test images; {machine_name()}", "",
+             f"first {args.n} test images; {machines}", "",
              "| training attack | seeds | clean | AutoAttack | training wall s | vs fresh PGD-10 time |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     by_variant = {label: [r for r in results if r["variant"] == label] for label, _ in kinds.values()}
