@@ -69,11 +69,16 @@ def write_atomic(
     return path
 
 
+def ensure_room(path: Path, size: int) -> None:
+    """DiskFull, before anything is written, when `size` bytes cannot fit on the device of path's folder."""
+    if shutil.disk_usage(path.parent).free < size:
+        raise disk_full(path, size)
+
+
 def write_bytes_atomic(path: str | Path, data: bytes | memoryview, *, durable: bool = False) -> Path:
     """write_atomic of bytes whose size is known: DiskFull before anything is written when they cannot fit."""
     path = Path(path)
-    if shutil.disk_usage(path.parent).free < len(data):
-        raise disk_full(path, len(data))
+    ensure_room(path, len(data))
     return write_atomic(path, lambda tmp: tmp.write_bytes(data), durable=durable, size=len(data))
 
 

@@ -81,7 +81,7 @@ def test_a_failed_background_write_is_raised_by_close_which_still_lets_the_folde
 
 def test_a_disk_without_room_fails_the_save_at_once_and_writes_nothing(tmp_path, monkeypatch):
     folder = RunFolder(tmp_path)
-    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda _p: type("Usage", (), {"free": 1000})())
+    monkeypatch.setattr(_files.shutil, "disk_usage", lambda _p: type("Usage", (), {"free": 1000})())
     with pytest.raises(_files.DiskFull, match=r"no space left on the device holding .*last.pt: it needs"):
         folder.save({"model": {"w": torch.randn(10_000)}, "epoch": 1}, best=True, background=True)
     assert list(tmp_path.iterdir()) == []

@@ -13,15 +13,15 @@ What it guarantees after any crash (a kill, a full disk, a damaged file):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 from advprune._faults import armed, die, fault_point
-from advprune._files import disk_full, temporaries, write_atomic
+from advprune._files import ensure_room, temporaries, write_atomic
 from advprune._warn import warn
 from advprune.checkpoint import (
     CheckpointError,
@@ -42,6 +42,29 @@ def epoch_records(records: list[dict]) -> list[dict]:
 def read_run_metrics(folder: str | Path) -> list[dict]:
     """The readable records of a run folder's metrics.jsonl, read without taking the folder (a sweep, a report)."""
     return RunFolder(folder, quiet=True, writer=False).read_metrics()
+
+
+def _readable_records(path: Path) -> list[dict]:
+    """The JSON objects of a metrics log, one a line; an unreadable line is dropped with a warning."""
+    records = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:  # JSON and UTF-8 errors alike
+            warn(f"{path}:{number}: dropped an unreadable line (a write cut short, or damage): {raw[:60]!r}")
+            continue
+        records.append(record)
+    return records
+
+
+def _write_last_then_best(folder: Path, data: memoryview, *, best: bool, epoch: int | None) -> None:
+    """last.pt, then best.pt when this state is the best so far (the crash tests can stop the process between)."""
+    write_checkpoint_bytes(folder / "last.pt", data)
+    fault_point("between-checkpoints", epoch)
+    if best:
+        write_checkpoint_bytes(folder / "best.pt", data)
 
 
 def _finite(record: dict) -> dict:
@@ -124,19 +147,7 @@ class RunFolder:
     def read_metrics(self) -> list[dict]:
         """The records of metrics.jsonl; an unreadable line (torn, garbage, binary) is dropped with a warning."""
         path = self.file("metrics.jsonl")
-        if path is None or not path.is_file():
-            return []
-        records = []
-        for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
-            try:
-                record = json.loads(raw.decode("utf-8"))
-                if not isinstance(record, dict):
-                    raise ValueError("not an object")
-            except ValueError:  # JSON and UTF-8 errors alike
-                warn(f"{path}:{number}: dropped an unreadable line (a write cut short, or damage): {raw[:60]!r}")
-                continue
-            records.append(record)
-        return records
+        return _readable_records(path) if path is not None and path.is_file() else []
 
     def forget_metrics_from(self, epoch: int) -> None:
         """Keeps the readable records of epochs before `epoch` (a killed run may have logged one past its
@@ -156,18 +167,11 @@ class RunFolder:
         read or close waits for it and raises its error. A disk without room for it fails here, at once."""
         if self.path is None or not self.writer:
             return
-        data, epoch = checkpoint_bytes(state), state.get("epoch")
+        data = checkpoint_bytes(state)
         self._writes.wait()
         self.path.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(self.path).free < len(data):
-            raise disk_full(self.path / "last.pt", len(data))
-
-        def write() -> None:
-            write_checkpoint_bytes(self.path / "last.pt", data)
-            fault_point("between-checkpoints", epoch)
-            if best:
-                write_checkpoint_bytes(self.path / "best.pt", data)
-
+        ensure_room(self.path / "last.pt", len(data))
+        write = functools.partial(_write_last_then_best, self.path, data, best=best, epoch=state.get("epoch"))
         if background:
             self._writes.start(write)
         else:
