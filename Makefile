@@ -36,9 +36,11 @@ wheel-check:
 
 # The GPU check: on a GPU machine (its own python3 and PyTorch), one command that builds, tests and measures;
 # its results go to $OUT. gpu-carry prepares what that machine cannot download; the dry run (CPU) keeps it working.
+# GPU_CHECK_ONLY=op (or cuda,op, ...) runs only those steps after the build: a short lease re-measures one thing.
 GPU_PY ?= python3
+GPU_CHECK_ONLY ?=
 gpu-check:
-	$(GPU_PY) scripts/gpu_check.py --out "$${OUT:-gpu-check-out}"
+	$(GPU_PY) scripts/gpu_check.py --out "$${OUT:-gpu-check-out}" $(if $(GPU_CHECK_ONLY),--only $(GPU_CHECK_ONLY))
 
 gpu-check-dry:
 	$(PY) scripts/gpu_check.py --dry-run --out "$${TMPDIR:-/tmp}/advprune-gpu-check-dry"

@@ -353,6 +353,31 @@ def markdown(check: Check) -> str:
     return "\n".join(lines) + "\n"
 
 
+STEPS = {
+    "environment": environment,
+    "build": build,
+    "fashion-mnist": fashion_mnist,
+    "cuda tests": cuda_tests,
+    "error paths": error_paths,
+    "op benchmark": op_benchmark,
+    "attack benchmark": attack_benchmark,
+    "cifar-10 runs": cifar10_runs,
+}
+ALWAYS = ["environment", "build"]
+OPTIONAL = {name.split()[0]: name for name in STEPS if name not in ALWAYS}  # "op": "op benchmark", ...
+
+
+def steps_list(text: str) -> list[str]:
+    """The steps --only names (their first words: fashion-mnist, cuda, error, op, attack, cifar-10), in order."""
+    names = [word.strip() for word in text.split(",") if word.strip()]
+    unknown = [name for name in names if name not in OPTIONAL]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown step {', '.join(unknown) or '(none)'}: choose from {', '.join(OPTIONAL)}"
+        )
+    return [OPTIONAL[name] for name in OPTIONAL if name in names]
+
+
 def write_report(check: Check) -> None:
     """gpu_check.json and gpu_check.md in --out, each replaced whole (a temporary file renamed)."""
     for name, text in (
@@ -369,21 +394,14 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check-out"))
     parser.add_argument("--carry", default=str(ROOT / "gpu-carry"))
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU with tiny sizes (CI)")
+    parser.add_argument("--only", type=steps_list, help=f"some of {', '.join(OPTIONAL)} (comma-separated; "
+                        "the environment and the build always run): a short lease re-measures one thing")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out, args.dry_run, Path(args.carry).resolve())
-    for name, fn in (
-        ("environment", environment),
-        ("build", build),
-        ("fashion-mnist", fashion_mnist),
-        ("cuda tests", cuda_tests),
-        ("error paths", error_paths),
-        ("op benchmark", op_benchmark),
-        ("attack benchmark", attack_benchmark),
-        ("cifar-10 runs", cifar10_runs),
-    ):
-        check.run(name, fn)
+    for name in ALWAYS + (args.only or list(OPTIONAL)):
+        check.run(name, STEPS[name])
         write_report(check)  # after every step: a check cut short by a time limit still leaves its report
     print(markdown(check))
     sys.exit(0 if all(step["ok"] for step in check.steps) else 1)

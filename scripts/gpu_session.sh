@@ -5,6 +5,7 @@
 #
 #   CHECK_S=300 SWEEP_S=240 PRESET=paper-cifar10-gpu-seeds ONLY='full-seed2,random-0.2-seed2' bash scripts/gpu_session.sh
 #   CHECK_S=220 SWEEP_S=0 REUSE_S=200 REUSE_SEEDS='0 1 2' bash scripts/gpu_session.sh
+#   CHECK_ONLY=cuda,op SWEEP_S=0 bash scripts/gpu_session.sh     # the build, the CUDA tests and the op benchmark only
 #
 # The reuse benchmark writes gpu-check-out/reuse-cifar10 (packed as $OUT/reuse.tgz); a later call on a fresh
 # machine goes on from its finished rows when that folder, unpacked here, is carried.
@@ -19,7 +20,8 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv >"$OUT/session.log" 2>&1
 if [ "${SKIP_CHECK:-0}" != 1 ]; then
-  OUT=/tmp/gpu-check timeout "${CHECK_S:-300}" make gpu-check GPU_PY=python3 >"$OUT/gpu_check.log" 2>&1
+  OUT=/tmp/gpu-check timeout "${CHECK_S:-300}" make gpu-check GPU_PY=python3 GPU_CHECK_ONLY="${CHECK_ONLY:-}" \
+    >"$OUT/gpu_check.log" 2>&1
   echo "gpu-check exit $?" >>"$OUT/gpu_check.log"
   cp /tmp/gpu-check/{gpu_check.json,gpu_check.md,ops.json,cuda_tests.log} "$OUT/" 2>/dev/null  # 8 files in all
 fi
