@@ -1,8 +1,9 @@
 """PGD-K evaluation: advprune.evaluate (early exit: a sample leaves the attack at its first misclassified
 iterate, and misclassified samples are never attacked) against torchattacks.PGD (every sample, all K
 steps, judged on the last iterate), on one checkpoint and the first n test images, float32, in one run;
-median seconds over repeats after a warm-up, robust accuracy of each, for both memory layouts, and each as
-it is used (advprune eval in channels_last, torchattacks on the model as loaded: contiguous).
+median seconds over rounds that run the two in turn after a warm-up (and each round's ratio), robust
+accuracy of each, for both memory layouts, and each as it is used (advprune eval in channels_last,
+torchattacks on the model as loaded: contiguous).
 
     make run   # or any run folder
     python bench/eval_pgd.py --checkpoint runs/main/last.pt [--n 1000] [--steps 50] [--repeats 3]
@@ -24,14 +25,20 @@ from advprune.data.readers import read_dataset
 from advprune.evaluate import evaluate
 
 
-def median_seconds(fn, repeats: int):
-    fn()  # warm-up
-    times, out = [], None
+def interleaved_seconds(fns: dict, repeats: int) -> tuple[dict, dict, list[dict]]:
+    """Each function once to warm up, then `repeats` rounds that run each once in turn (so that a slow spell of
+    the machine falls on both sides of a ratio): median seconds by name, each one's last result, every round."""
+    for fn in fns.values():
+        fn()
+    rounds, results = [], {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        seconds = {}
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            seconds[name] = time.perf_counter() - start
+        rounds.append(seconds)
+    return {name: statistics.median(r[name] for r in rounds) for name in fns}, results, rounds
 
 
 def torchattacks_pgd(model, x, y, eps: float, step: float, steps: int, batch_size: int) -> float:
@@ -68,20 +75,25 @@ def main() -> None:
         model = model.to(memory_format=fmt)
         xs = x.contiguous(memory_format=fmt)
         torch.manual_seed(0)
-        theirs_s, theirs_acc = median_seconds(
-            lambda xs=xs, m=model: torchattacks_pgd(m, xs, y, eps, step, args.steps, args.batch_size), args.repeats
-        )
-        ours_s, ours = median_seconds(
-            lambda xs=xs, m=model: evaluate(
-                m, xs, y, attack="pgd", eps=eps, step_size=step, steps=args.steps, batch_size=args.batch_size
-            ),
+        medians, results, rounds = interleaved_seconds(
+            {
+                "torchattacks": lambda xs=xs, m=model: torchattacks_pgd(
+                    m, xs, y, eps, step, args.steps, args.batch_size
+                ),
+                "advprune": lambda xs=xs, m=model: evaluate(
+                    m, xs, y, attack="pgd", eps=eps, step_size=step, steps=args.steps, batch_size=args.batch_size
+                ),
+            },
             args.repeats,
         )
+        theirs_s, ours_s, theirs_acc, ours = (medians["torchattacks"], medians["advprune"],
+                                              results["torchattacks"], results["advprune"])  # fmt: skip
         row = {
             "layout": layout,
             "torchattacks_s": theirs_s,
             "advprune_s": ours_s,
             "ratio": ours_s / theirs_s,
+            "round_ratios": [r["advprune"] / r["torchattacks"] for r in rounds],
             "torchattacks_robust_acc": theirs_acc,
             "advprune_robust_acc": ours["robust_acc"],
             "clean_acc": ours["clean_acc"],
@@ -89,7 +101,8 @@ def main() -> None:
         rows.append(row)
         print(
             f"{layout:<14} torchattacks.PGD {theirs_s:.2f} s {100 * theirs_acc:.1f}%   advprune {ours_s:.2f} s "
-            f"{100 * ours['robust_acc']:.1f}%   ratio {row['ratio']:.2f}   (clean {100 * ours['clean_acc']:.1f}%)",
+            f"{100 * ours['robust_acc']:.1f}%   ratio {row['ratio']:.2f} (rounds "
+            f"{', '.join(f'{r:.2f}' for r in row['round_ratios'])})   (clean {100 * ours['clean_acc']:.1f}%)",
             flush=True,
         )
     # as each is used: advprune eval puts advprune's models in channels_last; a loaded model is contiguous
