@@ -378,6 +378,11 @@ def steps_list(text: str) -> list[str]:
     return [OPTIONAL[name] for name in OPTIONAL if name in names]
 
 
+def chosen_steps(only: list[str] | None) -> list[str]:
+    """The environment and the build, then the steps --only names (all of them without it), in order."""
+    return ALWAYS + (only or list(OPTIONAL.values()))
+
+
 def write_report(check: Check) -> None:
     """gpu_check.json and gpu_check.md in --out, each replaced whole (a temporary file renamed)."""
     for name, text in (
@@ -400,7 +405,7 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out, args.dry_run, Path(args.carry).resolve())
-    for name in ALWAYS + (args.only or list(OPTIONAL)):
+    for name in chosen_steps(args.only):
         check.run(name, STEPS[name])
         write_report(check)  # after every step: a check cut short by a time limit still leaves its report
     print(markdown(check))

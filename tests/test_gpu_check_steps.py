@@ -22,8 +22,12 @@ def gpu_check():
 def test_only_picks_the_named_steps_in_the_checks_order():
     check = gpu_check()
     assert check.steps_list("op, cuda") == ["cuda tests", "op benchmark"]
-    assert check.steps_list("cifar-10") == ["cifar-10 runs"]
-    assert set(check.OPTIONAL.values()) | set(check.ALWAYS) == set(check.STEPS)
+    assert check.chosen_steps(check.steps_list("cifar-10")) == ["environment", "build", "cifar-10 runs"]
+
+
+def test_without_only_every_step_runs_in_order():
+    check = gpu_check()
+    assert check.chosen_steps(None) == list(check.STEPS)
 
 
 @pytest.mark.parametrize("text", ["opp", "op,build", ","])
