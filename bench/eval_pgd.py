@@ -86,8 +86,8 @@ def main() -> None:
             },
             args.repeats,
         )
-        theirs_s, ours_s, theirs_acc, ours = (medians["torchattacks"], medians["advprune"],
-                                              results["torchattacks"], results["advprune"])  # fmt: skip
+        theirs_s, ours_s = medians["torchattacks"], medians["advprune"]
+        theirs_acc, ours = results["torchattacks"], results["advprune"]
         row = {
             "layout": layout,
             "torchattacks_s": theirs_s,

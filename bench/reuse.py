@@ -110,18 +110,22 @@ def mean_std(values: list[float]) -> str:
 
 
 def machine_name() -> str:
-    """The GPU the runs used, or the CPU's model name and whether it computes bfloat16 natively (timings differ
-    between the two kinds)."""
+    """The device the runs used and the precision amp="auto" gives them there (advprune's own rule: bfloat16
+    only where the hardware computes it natively), since timings and accuracies differ between the two."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, bfloat16 autocast, torch {torch.__version__}"
+    from advprune.train.amp import resolve_amp
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = "bfloat16" if resolve_amp("auto", device) == torch.bfloat16 else "float32"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name()}, {precision}, torch {torch.__version__}"
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    return f"{name}{', avx512_bf16' if 'avx512_bf16' in info else ', no avx512_bf16'}, one thread"
+        lines = []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{name or platform.processor() or platform.machine()}, {precision}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

@@ -384,7 +384,8 @@ def chosen_steps(only: list[str] | None) -> list[str]:
 
 
 def write_report(check: Check) -> None:
-    """gpu_check.json and gpu_check.md in --out, each replaced whole (a temporary file renamed)."""
+    """gpu_check.json and gpu_check.md in --out, each replaced whole (a temporary file renamed; not
+    advprune._files, which a machine cannot import before the build step has run)."""
     for name, text in (
         ("gpu_check.json", json.dumps(check.steps, indent=1, default=str)),
         ("gpu_check.md", markdown(check)),

@@ -29,11 +29,12 @@ fi
 python3 -c "import advprune._C" 2>/dev/null || python3 -m pip install -q --no-build-isolation --no-deps -e . >>"$OUT/session.log" 2>&1
 python3 -c "import advprune; print(advprune.build_info())" >>"$OUT/session.log" 2>&1
 decoded=/tmp/advprune-gpu-check-cifar10/cifar-10-batches-py  # where the check decodes the carried copy
-if [ ! -d data/cifar-10-batches-py ]; then
-  mkdir -p data
+if [ ! -d data/cifar-10-batches-py ] && { [ "${SWEEP_S:-300}" != 0 ] || [ "${REUSE_S:-0}" != 0 ]; }; then
+  mkdir -p data  # only what trains reads it
   if [ -d $decoded ]; then ln -s $decoded data/; else python3 gpu-carry/to_python_version.py data >>"$OUT/session.log" 2>&1; fi
 fi
-python3 - "$PRESET" "$SWEEP" >>"$OUT/session.log" 2>&1 <<'PY'
+if [ "${SWEEP_S:-300}" != 0 ]; then
+  python3 - "$PRESET" "$SWEEP" >>"$OUT/session.log" 2>&1 <<'PY'
 import shutil, sys
 from pathlib import Path
 from advprune.sweep import is_trained, load_sweep, train_epochs
@@ -43,9 +44,8 @@ for folder in sorted(Path(sys.argv[2], "runs").glob("*")):
         print("starting over:", folder)
         shutil.rmtree(folder)
 PY
-only=()
-[ -n "${ONLY:-}" ] && only=(--only "$ONLY")
-if [ "${SWEEP_S:-300}" != 0 ]; then
+  only=()
+  [ -n "${ONLY:-}" ] && only=(--only "$ONLY")
   timeout "${SWEEP_S:-300}" python3 -m advprune sweep "$PRESET" --out "$SWEEP" --no-final "${only[@]}" >>"$OUT/session.log" 2>&1
   echo "sweep exit $?" >>"$OUT/session.log"
   tar czf "$OUT/sweep.tgz" --exclude='*.pt' --exclude='*.npz' --exclude='*.npy' --exclude='*.lock' "$SWEEP"
@@ -56,7 +56,7 @@ if [ "${REUSE_S:-0}" != 0 ]; then
     --out gpu-check-out/reuse-cifar10 >>"$OUT/session.log" 2>&1
   echo "reuse exit $?" >>"$OUT/session.log"
   tar czf "$OUT/reuse.tgz" --exclude='*.pt' --exclude='*.npz' --exclude='*.npy' gpu-check-out/reuse-cifar10
-  cat gpu-check-out/reuse-cifar10/result*.json gpu-check-out/reuse-cifar10/*/result.json 2>/dev/null | grep -E 'variant|seed|autoattack|train_wall'
+  cat gpu-check-out/reuse-cifar10/*/result.json 2>/dev/null | grep -E 'variant|seed|autoattack|train_wall'
 fi
 tail -3 "$OUT/gpu_check.log" 2>/dev/null
 cat /tmp/gpu-check/gpu_check.md 2>/dev/null
