@@ -7,9 +7,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from advprune.cli.common import UsageError, tensors
 from advprune.cli.factory import RunFactory, training_data
+
+if TYPE_CHECKING:
+    from advprune.train import AttackConfig
 
 
 def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
@@ -85,15 +89,17 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
     return indices, None, record
 
 
-def _setup_record(factory: RunFactory, args: argparse.Namespace, test_size: int) -> dict:
-    """Where each number of the run comes from: which samples train, validate and test."""
+def _setup_record(factory: RunFactory, args: argparse.Namespace, test_size: int, attack: AttackConfig) -> dict:
+    """Where each number of the run comes from: which samples train, validate and test, and the training
+    attack as the Trainer took it (defaults filled in)."""
     return {
         "phase": "setup",
         "train_samples": len(factory.pool),
         "val": {"split": "train (held out, never trained on)", "n": len(factory.val_ids), "ids": "val_ids.npy"},
         "test": {"split": "test", "n": min(args.eval_n, test_size), "ids": f"the first {args.eval_n}"},
         "model": factory.model_name,
-        "attack": {"kind": args.attack, "eps": args.eps, "steps": args.steps, "norm": args.norm},
+        "attack": {"kind": attack.kind, "eps": attack.eps, "steps": attack.steps, "norm": attack.norm,
+                   "step_size": attack.step_size, "reuse": attack.reuse},  # fmt: skip
         "default_malloc": args.default_malloc,  # False: on the CPU the Trainer tuned malloc (timings differ)
     }
 
@@ -137,7 +143,7 @@ def _train(args: argparse.Namespace, out: Path, world) -> None:
     )
     trainer.folder.open(resume=args.resume)  # cleans up after a killed run; a fresh run sets an old log aside
     if not args.resume:
-        trainer.log(_setup_record(factory, args, len(test)))
+        trainer.log(_setup_record(factory, args, len(test), trainer.attack))
         if world.is_main:
             save_indices(out / "val_ids.npy", factory.val_ids)
         if record is not None:

@@ -1,6 +1,7 @@
 """One training step: craft the batch's adversarial examples (input gradients only: no weight
 gradient is computed or accumulated), take the loss (per sample, weighted by the pruner), step the
-optimiser, and hand the per-sample results to the observers (pruners, trackers).
+optimiser, and hand the per-sample results to the observers (pruners, trackers). The free attack crafts
+nothing: the batch trains on its remembered perturbations, and the update's backward moves them.
 
 Under DistributedDataParallel the attack runs on the bare module: its forwards and input-gradient
 backwards never touch DDP's hooks, so they cost no gradient all-reduce; only the update's forward
@@ -122,9 +123,18 @@ class AdversarialStep:
             return self.perturb(x, y, generator)
         augmentation = augmentation.to(x.device)
         start = self.memory.starts(x, ids, augmentation, lambda v: self.random_start(v, generator), generator)
+        if self.attack.kind == "free":  # no attack pass: the update's backward takes the step (remember_free_step)
+            return attacks.given_start(start, x, self.attack.eps, self.attack.norm).requires_grad_(True)
         x_adv = self.perturb(x, y, generator, start)
         self.memory.remember(x, x_adv, ids, augmentation)
         return x_adv
+
+    def remember_free_step(self, x: torch.Tensor, x_adv: torch.Tensor, ids: torch.Tensor, augmentation) -> None:
+        """free: after the update's backward, x_adv.grad is the input gradient at the sample's training example;
+        one signed step of it from there, projected, is the perturbation the sample starts from next epoch."""
+        stepped = x_adv.detach()  # the graph is freed: the step may write the tensor the update trained on
+        ops.pgd_step_(stepped, x_adv.grad, x, eps=self.attack.eps, step_size=self.attack.step_size, norm="linf")
+        self.memory.remember(x, stepped, ids, augmentation.to(x.device))
 
     def __call__(
         self,
@@ -166,6 +176,8 @@ class AdversarialStep:
         self.scaler.update()
         if self.average is not None:
             self.average.update(self.model)
+        if x_adv.requires_grad:  # free
+            self.remember_free_step(x, x_adv, ids, augmentation)
         t2 = time.perf_counter()
         if observers:
             scores = ops.sample_scores(logits.detach(), y, check_labels=False)  # the loss has checked y: no sync
