@@ -125,7 +125,8 @@ def test_the_command_trains_free_and_records_its_attack(tmp_path, capsys):
     assert setup["attack"] == {"kind": "free", "eps": 0.1, "steps": 3, "norm": "linf", "step_size": 0.1,
                                "reuse": "int8"}  # fmt: skip
     state = torch.load(out / "last.pt", weights_only=False)
-    assert state["perturbations"]["seen"].sum() == 128 and state["perturbations"]["store"].abs().float().mean() > 127 / 8
+    memory = state["perturbations"]
+    assert memory["seen"].sum() == 128 and memory["store"].abs().float().mean() > 127 / 8
     capsys.readouterr()
     assert main([*argv[:-3], "--backend", "ffcv", "--out", str(tmp_path / "ffcv"), "--quiet"]) == 2
     assert "--attack free needs --backend memory" in capsys.readouterr().err

@@ -98,8 +98,14 @@ def _setup_record(factory: RunFactory, args: argparse.Namespace, test_size: int,
         "val": {"split": "train (held out, never trained on)", "n": len(factory.val_ids), "ids": "val_ids.npy"},
         "test": {"split": "test", "n": min(args.eval_n, test_size), "ids": f"the first {args.eval_n}"},
         "model": factory.model_name,
-        "attack": {"kind": attack.kind, "eps": attack.eps, "steps": attack.steps, "norm": attack.norm,
-                   "step_size": attack.step_size, "reuse": attack.reuse},  # fmt: skip
+        "attack": {
+            "kind": attack.kind,
+            "eps": attack.eps,
+            "steps": attack.steps,
+            "norm": attack.norm,
+            "step_size": attack.step_size,
+            "reuse": attack.reuse,
+        },
         "default_malloc": args.default_malloc,  # False: on the CPU the Trainer tuned malloc (timings differ)
     }
 

@@ -51,13 +51,8 @@ class AdversarialStep:
         world: World,
     ) -> None:
         self.model, self.attack_forward, self.train_forward = model, attack_forward, train_forward
-        self.attack, self.optimizer, self.amp_dtype, self.device, self.world = (
-            attack,
-            optimizer,
-            amp_dtype,
-            device,
-            world,
-        )
+        self.attack, self.optimizer, self.amp_dtype = attack, optimizer, amp_dtype
+        self.device, self.world = device, world
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # a NaN or Inf loss since the last read
         self._unchecked = 0
@@ -123,18 +118,11 @@ class AdversarialStep:
             return self.perturb(x, y, generator)
         augmentation = augmentation.to(x.device)
         start = self.memory.starts(x, ids, augmentation, lambda v: self.random_start(v, generator), generator)
-        if self.attack.kind == "free":  # no attack pass: the update's backward takes the step (remember_free_step)
+        if self.attack.kind == "free":  # no attack pass: the update's backward gives the step (remember_step)
             return attacks.given_start(start, x, self.attack.eps, self.attack.norm).requires_grad_(True)
         x_adv = self.perturb(x, y, generator, start)
         self.memory.remember(x, x_adv, ids, augmentation)
         return x_adv
-
-    def remember_free_step(self, x: torch.Tensor, x_adv: torch.Tensor, ids: torch.Tensor, augmentation) -> None:
-        """free: after the update's backward, x_adv.grad is the input gradient at the sample's training example;
-        one signed step of it from there, projected, is the perturbation the sample starts from next epoch."""
-        stepped = x_adv.detach()  # the graph is freed: the step may write the tensor the update trained on
-        ops.pgd_step_(stepped, x_adv.grad, x, eps=self.attack.eps, step_size=self.attack.step_size, norm="linf")
-        self.memory.remember(x, stepped, ids, augmentation.to(x.device))
 
     def __call__(
         self,
@@ -176,8 +164,8 @@ class AdversarialStep:
         self.scaler.update()
         if self.average is not None:
             self.average.update(self.model)
-        if x_adv.requires_grad:  # free
-            self.remember_free_step(x, x_adv, ids, augmentation)
+        if x_adv.requires_grad:  # free: the update's input gradient steps each perturbation for its next epoch
+            self.memory.remember_step(x, x_adv, ids, augmentation.to(x.device), self.attack.step_size)
         t2 = time.perf_counter()
         if observers:
             scores = ops.sample_scores(logits.detach(), y, check_labels=False)  # the loss has checked y: no sync
