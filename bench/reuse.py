@@ -1,6 +1,5 @@
 """Perturbation reuse (ATTA) against fresh attacks: PGD-2 starting from each sample's last perturbation,
-fresh PGD-2, fresh PGD-10, and free training (one pass a sample: the update's backward steps each sample's
-remembered perturbation), each trained with `advprune train` and evaluated with `advprune eval`
+fresh PGD-2, and fresh PGD-10, each trained with `advprune train` and evaluated with `advprune eval`
 (AutoAttack's APGD-CE and APGD-T on the first --n test images). Two settings: the main job's (Fashion-MNIST,
 the small CNN, eps 0.1, 5 epochs; there APGD-CE and APGD-T give the full AutoAttack's figure) and the
 CIFAR-10 CPU preset's (the small residual network, eps 8/255, random crops and flips, one-cycle to 0.2,
@@ -57,7 +56,6 @@ def variants(eps: str) -> dict[str, tuple[str, list[str]]]:
         "pgd-2-reuse": ("PGD-2, reuse (int8)", [*pgd2, "--reuse-perturbation", "int8"]),
         "pgd-2-fresh": ("PGD-2, fresh", pgd2),
         "pgd-10-fresh": ("PGD-10, fresh", ["--attack", "pgd", "--steps", "10", "--step-size", str(step / 4)]),
-        "free": ("free, one pass a sample (int8)", ["--attack", "free"]),
     }
 
 

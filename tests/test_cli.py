@@ -291,3 +291,5 @@ def test_train_and_eval_tune_malloc_unless_told_not_to(tmp_path, capsys, monkeyp
     assert calls == ([] if default_malloc else ["train", "eval"])
     setup = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert setup["phase"] == "setup" and setup["default_malloc"] is default_malloc
+    # the attack as the Trainer took it: the default step size filled in
+    assert setup["attack"] == {"kind": "pgd", "eps": 0.1, "steps": 1, "norm": "linf", "step_size": 0.025, "reuse": None}

@@ -105,8 +105,7 @@ class RunFactory:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if attack.reuse is not None and a.backend != "memory":
-            needs = "--attack free" if attack.kind == "free" else "--reuse-perturbation"
-            raise UsageError(f"{needs} needs --backend memory: ffcv does not report each crop and flip")
+            raise UsageError("--reuse-perturbation needs --backend memory: ffcv does not report each crop and flip")
         return Trainer(
             model,
             attack,

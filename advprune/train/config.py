@@ -11,7 +11,7 @@ import torch
 
 from advprune.distributed import World
 
-OBJECTIVES = ("pgd", "fgsm_rs", "free", "trades", "clean")
+OBJECTIVES = ("pgd", "fgsm_rs", "trades", "clean")
 NORMS = ("linf", "l2")
 AMP_MODES = ("auto", "bf16", "fp16", None)
 REUSE_STORAGES = ("int8", "bf16")  # how perturbation memory stores each perturbation
@@ -24,17 +24,11 @@ def _positive_number(name: str, value: object) -> None:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """The training attack. kind: pgd (Madry), fgsm_rs (Wong et al.), free, trades (Zhang et al., with beta)
+    """The training attack. kind: pgd (Madry), fgsm_rs (Wong et al.), trades (Zhang et al., with beta)
     or clean; eps and step_size in [0, 1] pixel space; step_size None takes each attack's usual step:
-    1.25 eps for fgsm_rs (Wong et al.), eps for free (Shafahi et al.), eps / 4 for pgd and trades. reuse:
-    "int8" or "bf16" starts each sample's attack from its perturbation of the last epoch (ATTA;
-    train/perturbation_memory.py, stored so), each sample drawing a fresh random start instead with
-    probability reuse_refresh per epoch.
-
-    free: one forward and backward a sample. The sample trains on its remembered perturbation, and the
-    update's own backward gives the input gradient whose signed step moves that perturbation for the
-    sample's next epoch: free adversarial training (Shafahi et al. 2019) with its replays spread over the
-    epochs by the perturbation memory, so it needs reuse (int8 unless named) and an linf ball."""
+    1.25 eps for fgsm_rs (Wong et al.), eps / 4 for pgd and trades. reuse: "int8" or "bf16" starts each
+    sample's attack from its perturbation of the last epoch (ATTA; train/perturbation_memory.py, stored
+    so), each sample drawing a fresh random start instead with probability reuse_refresh per epoch."""
 
     kind: str = "pgd"
     eps: float = 8 / 255
@@ -50,15 +44,13 @@ class AttackConfig:
             raise ValueError(f"attack must be one of {OBJECTIVES}, got {self.kind!r}")
         if self.norm not in NORMS:
             raise ValueError(f'norm must be "linf" or "l2", got {self.norm!r}')
-        if self.kind in ("fgsm_rs", "free") and self.norm != "linf":
-            raise ValueError(f"{self.kind} is an linf attack: train l2 models with pgd or trades")
+        if self.kind == "fgsm_rs" and self.norm != "linf":
+            raise ValueError("fgsm_rs is an linf attack: train l2 models with pgd or trades")
         _positive_number("eps", self.eps)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
         if self.step_size is None:
-            object.__setattr__(self, "step_size", self.eps * {"fgsm_rs": 1.25, "free": 1.0}.get(self.kind, 0.25))
-        if self.kind == "free" and self.reuse is None:
-            object.__setattr__(self, "reuse", "int8")  # free's perturbations live in the memory
+            object.__setattr__(self, "step_size", 1.25 * self.eps if self.kind == "fgsm_rs" else self.eps / 4)
         _positive_number("step_size", self.step_size)
         if self.reuse not in (*REUSE_STORAGES, None):
             raise ValueError(f"reuse must be one of {REUSE_STORAGES} or None, got {self.reuse!r}")
@@ -71,8 +63,6 @@ class AttackConfig:
         """The setting the overfitting guard switches to after a collapse, and what it did."""
         if self.kind == "fgsm_rs":
             return replace(self, kind="pgd", steps=2, step_size=self.eps / 2), "switched from FGSM-RS to PGD-2"
-        if self.kind == "free":  # an attack pass of its own, still started from the memory
-            return replace(self, kind="fgsm_rs", step_size=1.25 * self.eps), "switched from free to FGSM-RS"
         halved = replace(self, step_size=self.step_size / 2)
         return halved, f"halved the attack step to {halved.step_size:.5g}"
 

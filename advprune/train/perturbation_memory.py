@@ -18,7 +18,6 @@ import torch
 from advprune.attacks import Randomness, uniform_noise
 from advprune.data.augmentation import Augmentation
 from advprune.distributed import World
-from advprune.ops import pgd_step_
 
 
 class PerturbationMemory:
@@ -125,15 +124,6 @@ class PerturbationMemory:
     def remember(self, x: torch.Tensor, x_adv: torch.Tensor, ids: torch.Tensor, augmentation: Augmentation) -> None:
         """Stores the batch's final perturbations x_adv - x."""
         self.write(ids, x_adv.float() - x.float(), augmentation)
-
-    def remember_step(
-        self, x: torch.Tensor, x_adv: torch.Tensor, ids: torch.Tensor, augmentation: Augmentation, step_size: float
-    ) -> None:
-        """Free training, after the update's backward (x_adv.grad: the input gradient at the batch's training
-        examples): stores x_adv moved one signed step of step_size, projected into the eps ball and [0, 1]."""
-        stepped = x_adv.detach()  # the graph is freed: the step may write the tensor the update trained on
-        pgd_step_(stepped, x_adv.grad, x, eps=self.eps, step_size=step_size, norm="linf")
-        self.remember(x, stepped, ids, augmentation)
 
     def state_dict(self) -> dict:
         return {

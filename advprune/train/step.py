@@ -1,7 +1,6 @@
 """One training step: craft the batch's adversarial examples (input gradients only: no weight
 gradient is computed or accumulated), take the loss (per sample, weighted by the pruner), step the
-optimiser, and hand the per-sample results to the observers (pruners, trackers). The free attack crafts
-nothing: the batch trains on its remembered perturbations, and the update's backward moves them.
+optimiser, and hand the per-sample results to the observers (pruners, trackers).
 
 Under DistributedDataParallel the attack runs on the bare module: its forwards and input-gradient
 backwards never touch DDP's hooks, so they cost no gradient all-reduce; only the update's forward
@@ -51,8 +50,13 @@ class AdversarialStep:
         world: World,
     ) -> None:
         self.model, self.attack_forward, self.train_forward = model, attack_forward, train_forward
-        self.attack, self.optimizer, self.amp_dtype = attack, optimizer, amp_dtype
-        self.device, self.world = device, world
+        self.attack, self.optimizer, self.amp_dtype, self.device, self.world = (
+            attack,
+            optimizer,
+            amp_dtype,
+            device,
+            world,
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # a NaN or Inf loss since the last read
         self._unchecked = 0
@@ -118,8 +122,6 @@ class AdversarialStep:
             return self.perturb(x, y, generator)
         augmentation = augmentation.to(x.device)
         start = self.memory.starts(x, ids, augmentation, lambda v: self.random_start(v, generator), generator)
-        if self.attack.kind == "free":  # no attack pass: the update's backward gives the step (remember_step)
-            return attacks.given_start(start, x, self.attack.eps, self.attack.norm).requires_grad_(True)
         x_adv = self.perturb(x, y, generator, start)
         self.memory.remember(x, x_adv, ids, augmentation)
         return x_adv
@@ -164,8 +166,6 @@ class AdversarialStep:
         self.scaler.update()
         if self.average is not None:
             self.average.update(self.model)
-        if x_adv.requires_grad:  # free: the update's input gradient steps each perturbation for its next epoch
-            self.memory.remember_step(x, x_adv, ids, augmentation.to(x.device), self.attack.step_size)
         t2 = time.perf_counter()
         if observers:
             scores = ops.sample_scores(logits.detach(), y, check_labels=False)  # the loss has checked y: no sync
