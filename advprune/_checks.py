@@ -37,6 +37,16 @@ def check_pgd_scalars(op: str, eps: float, step_size: float | None, clip_min: fl
         raise ValueError(f"{op}: clip_min must be <= clip_max, got clip_min={clip_min} and clip_max={clip_max}")
 
 
+def check_pixel_eps(where: str, eps: float, norm: str) -> None:
+    """An linf budget in [0, 1] pixel space: above 1 the ball holds every image, which is a 0-255 budget
+    passed unscaled (8 meant as 8/255), not an attack anyone wants."""
+    if norm == "linf" and eps > 1:
+        raise ValueError(
+            f"{where}: eps is in [0, 1] pixel space, and an linf eps of {eps:g} covers every image: "
+            f"for {eps:g} on the 0-255 scale pass {eps:g}/255"
+        )
+
+
 def check_tensor_args(op: str, **tensors: object) -> None:
     """Each named argument is a tensor (the schema's own error would not say which op)."""
     for name, t in tensors.items():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from advprune import attacks, autoattack
+from advprune._checks import check_pixel_eps
 from advprune.distributed import World
 
 ATTACKS = ("clean", "pgd", "autoattack")
@@ -64,6 +65,7 @@ def evaluate(
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_pixel_eps("evaluate", eps, norm)
     world = world or World()
     model.eval()
     n = len(y) if n is None else min(n, len(y))

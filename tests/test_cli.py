@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from advprune.cli import main
 from advprune.data import make_loader, read_cifar
@@ -293,3 +294,42 @@ def test_train_and_eval_tune_malloc_unless_told_not_to(tmp_path, capsys, monkeyp
     assert setup["phase"] == "setup" and setup["default_malloc"] is default_malloc
     # the attack as the Trainer took it: the default step size filled in
     assert setup["attack"] == {"kind": "pgd", "eps": 0.1, "steps": 1, "norm": "linf", "step_size": 0.025, "reuse": None}
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--lr", "-1"], "lr must be a finite number >= 0"),
+        (["--lr", "0"], "lr must be a finite number > 0"),
+        (["--eps", "8"], "for 8 on the 0-255 scale pass 8/255"),
+        (["--steps", "-2"], "steps must be an int >= 0"),
+        (["--val-every", "0"], "validation steps, every and batch_size must be >= 1"),
+        (["--prune", "random:1.5"], "the kept fraction must be in (0, 1]"),
+        (["--limit", "100"], "--val-n must be in [0, 100)"),
+        (["--dataset", "cifar10", "--data-dir", "no-such-folder"], "no cifar-10-batches-py folder"),
+    ],
+)
+def test_a_refused_training_option_leaves_no_run_folder(tmp_path, capsys, flags, message):
+    """Every option is checked before the run folder is made: a typo leaves nothing to clean up."""
+    if "cifar10" not in flags and not Path(FASHION_MNIST_DIR).is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    out = tmp_path / "run"
+    assert main(["train", *flags, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_evaluate_refuses_an_unscaled_linf_budget():
+    from advprune import models
+    from advprune.evaluate import evaluate
+    from advprune.train import OptimConfig
+
+    with pytest.raises(ValueError, match="pass 8/255"):
+        evaluate(models.create("small-cnn"), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), eps=8)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        OptimConfig(lr=0.0)
+    assert evaluate(models.create("small-cnn"), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), eps=8, norm="l2",
+                    steps=1)["eps"] == 8  # fmt: skip

@@ -33,6 +33,28 @@ def training_data(args: argparse.Namespace):
     return data, test
 
 
+def training_configs(args: argparse.Namespace):
+    """The Trainer's (attack, optimiser, validation) options from the command's flags, and its batch size
+    checked: UsageError naming a bad value. `advprune train` asks before it makes or locks the run folder,
+    so that a mistyped flag leaves nothing behind."""
+    from advprune.train import AttackConfig, OptimConfig, ValidationConfig
+
+    a = args
+    if isinstance(a.batch_size, bool) or not isinstance(a.batch_size, int) or a.batch_size < 1:
+        raise UsageError(f"--batch-size must be an int >= 1, got {a.batch_size!r}")
+    try:
+        attack = AttackConfig(
+            a.attack, a.eps, a.step_size, a.steps, a.norm, reuse=a.reuse_perturbation, reuse_refresh=a.reuse_refresh
+        )
+        optim = OptimConfig(lr=a.lr, schedule=a.lr_schedule, ema=getattr(a, "ema", None))
+        validation = ValidationConfig(steps=getattr(a, "val_steps", 10), every=getattr(a, "val_every", 1))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if attack.reuse is not None and a.backend != "memory":
+        raise UsageError("--reuse-perturbation needs --backend memory: ffcv does not report each crop and flip")
+    return attack, optim, validation
+
+
 class RunFactory:
     """Builds this command's models, loaders and trainers from its options. The training set is split
     once: val_ids (--val-n samples, class-stratified) are held out for validation, pool the rest."""
@@ -95,22 +117,15 @@ class RunFactory:
         return tensors(self.data, self.val_ids.numpy()) if len(self.val_ids) else None
 
     def trainer(self, model, *, epochs: int, out: Path | None, seed: int, quiet: bool, **hooks):
-        from advprune.train import AttackConfig, OptimConfig, RunConfig, Trainer, ValidationConfig
+        from advprune.train import RunConfig, Trainer
 
         a = self.args
-        try:
-            attack = AttackConfig(
-                a.attack, a.eps, a.step_size, a.steps, a.norm, reuse=a.reuse_perturbation, reuse_refresh=a.reuse_refresh
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if attack.reuse is not None and a.backend != "memory":
-            raise UsageError("--reuse-perturbation needs --backend memory: ffcv does not report each crop and flip")
+        attack, optim, validation = training_configs(a)
         return Trainer(
             model,
             attack,
             epochs=epochs,
-            optim=OptimConfig(lr=a.lr, schedule=a.lr_schedule, ema=getattr(a, "ema", None)),
+            optim=optim,
             run=RunConfig(
                 world=self.world,
                 sync_batchnorm=getattr(a, "sync_batchnorm", False),
@@ -124,7 +139,7 @@ class RunFactory:
                 compile=getattr(a, "compile", False),
                 tune_cpu_allocator=not getattr(a, "default_malloc", False),
             ),
-            validation=ValidationConfig(steps=getattr(a, "val_steps", 10), every=getattr(a, "val_every", 1)),
+            validation=validation,
             **hooks,
         )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from advprune.cli.common import UsageError, tensors
-from advprune.cli.factory import RunFactory, training_data
+from advprune.cli.factory import RunFactory, training_configs, training_data
 
 if TYPE_CHECKING:
     from advprune.train import AttackConfig
@@ -121,21 +121,29 @@ def train(args: argparse.Namespace) -> None:
     args.resume = args.resume or args.resume_from is not None
     if (out / "last.pt").exists() and not args.resume:
         raise UsageError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    training_configs(args)  # a bad option is refused before the run folder is made
+    if args.prune is not None:
+        from advprune.pruning import parse_spec
+
+        parse_spec(args.prune)
     world = World.from_environment(timeout_s=args.dist_timeout)
     try:
+        started = time.perf_counter()
+        data, test = training_data(args)  # as the options: missing data is refused before the folder is made
+        factory = RunFactory(args, data, world=world)
         with locked(out if world.is_main else None):
-            _train(args, out, world)
+            _train(args, out, factory, test, started)
     finally:
         world.close()
 
 
-def _train(args: argparse.Namespace, out: Path, world) -> None:
+def _train(args: argparse.Namespace, out: Path, factory: RunFactory, test, started: float) -> None:
     from advprune.pruning import save_indices
     from advprune.scores import ForgettingTracker
 
-    started = time.perf_counter()
-    data, test = training_data(args)
-    factory = RunFactory(args, data, world=world)
+    world, data = factory.world, factory.data
     indices, pruner, record = _pruning(args, factory, out)
     forgetting = ForgettingTracker(len(data))
     trainer = factory.trainer(

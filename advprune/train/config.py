@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from advprune._checks import check_pixel_eps
 from advprune.distributed import World
 
 OBJECTIVES = ("pgd", "fgsm_rs", "trades", "clean")
@@ -47,6 +48,7 @@ class AttackConfig:
         if self.kind == "fgsm_rs" and self.norm != "linf":
             raise ValueError("fgsm_rs is an linf attack: train l2 models with pgd or trades")
         _positive_number("eps", self.eps)
+        check_pixel_eps("AttackConfig", self.eps, self.norm)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
         if self.step_size is None:
@@ -81,6 +83,12 @@ class OptimConfig:
     ema: float | None = None
 
     def __post_init__(self) -> None:
+        _positive_number("lr", self.lr)
+        if self.lr == 0:
+            raise ValueError("lr must be a finite number > 0, got 0")
+        _positive_number("weight_decay", self.weight_decay)
+        if isinstance(self.momentum, bool) or not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.ema is not None and (isinstance(self.ema, bool) or not 0 < self.ema < 1):
             raise ValueError(f"ema (the weight average's decay) must be in (0, 1), e.g. 0.999, got {self.ema!r}")
 
