@@ -35,6 +35,7 @@ from pathlib import Path
 from advprune._deps import load_toml
 from advprune._files import write_bytes_atomic
 from advprune.cli.parser import DEFAULT_EPOCHS
+from advprune.sweep_check import check_sweep_options
 from advprune.train.folder_lock import held
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
@@ -134,14 +135,23 @@ def _flags(options: dict) -> list[str]:
     return flags
 
 
+class RunFailed(RuntimeError):
+    """A run's `advprune train` or `advprune eval` failed: its last line of output and the log that has all."""
+
+    def __init__(self, args: list[str], code: int, log: Path) -> None:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else "no output"
+        super().__init__(f"{log.parent.name}: advprune {args[0]} failed (exit {code}): {last} (all of it: {log})")
+
+
 def _advprune(args: list[str], log: Path) -> float:
     """Runs `python -m advprune ARGS` in its own process (a crash or a leak stays there), its output appended
-    to log; its wall seconds. A failure names the log."""
+    to log; its wall seconds. A failure raises RunFailed."""
     start = time.perf_counter()
     with log.open("a") as out:
         done = subprocess.run([sys.executable, "-m", "advprune", *args], stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        raise RuntimeError(f"advprune {args[0]} failed (exit {done.returncode}): see {log}")
+        raise RunFailed(args, done.returncode, log)
     return time.perf_counter() - start
 
 
@@ -156,7 +166,7 @@ def _evaluation(args: list[str], log: Path) -> float:
     with log.open("a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         code = main(args)
     if code != 0:
-        raise RuntimeError(f"advprune {' '.join(args[:3])} failed (exit {code}): see {log}")
+        raise RunFailed(args, code, log)
     return time.perf_counter() - start
 
 
@@ -171,14 +181,22 @@ def is_trained(folder: Path, epochs: int) -> bool:
     return bool(records) and records[-1]["epoch"] + 1 >= epochs and (folder / "last.pt").exists()
 
 
+def run_options(run: GridRun, train: dict) -> dict:
+    """The run's `advprune train` options: [train]'s, under a variant's own (epochs too), and its seed."""
+    return {**train, **dict(run.train), "seed": run.seed}
+
+
+def train_argv(run: GridRun, train: dict, folder: Path) -> list[str]:
+    """The `advprune train` arguments that train the run into folder (a resume adds --resume)."""
+    args = ["train", *_flags(run_options(run, train)), "--out", str(folder), "--quiet"]
+    return args + (["--prune", run.spec] if run.spec is not None else [])
+
+
 def _train(run: GridRun, folder: Path, train: dict, log: Path) -> float:
     """Trains the run (or finishes it from its checkpoint); the wall seconds of this call."""
-    options = {**train, **dict(run.train), "seed": run.seed}  # a variant's own options (epochs too) win
-    if is_trained(folder, train_epochs(options)):
+    if is_trained(folder, train_epochs(run_options(run, train))):
         return 0.0
-    args = ["train", *_flags(options), "--out", str(folder), "--quiet"]
-    if run.spec is not None:
-        args += ["--prune", run.spec]
+    args = train_argv(run, train, folder)
     if (folder / "last.pt").exists():
         args.append("--resume")
         _mark_resumed(folder)
@@ -264,8 +282,13 @@ def run_sweep(
     """Runs every grid run (of those matching only) not yet in out/results.jsonl nor claimed by another sweep
     process, then (unless final is False) the [final] table's evaluations; returns the result lines so far."""
     out = Path(out)
+    grid = grid_runs(config["grid"])
+    runs = select_runs(grid, only)
+    check_sweep_options(  # every run's options and every evaluation's stages, before the first run trains
+        [(run.name, train_argv(run, config["train"], out / "runs" / run.name)) for run in grid],
+        {table: config[table].get("autoattack_stages", "standard") for table in ("eval", "final") if table in config},
+    )
     out.mkdir(parents=True, exist_ok=True)
-    runs = select_runs(grid_runs(config["grid"]), only)
     write_bytes_atomic(out / "sweep.json", json.dumps(config, indent=1).encode())
     for run in runs:
         if run.name in _results(out):

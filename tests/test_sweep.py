@@ -4,12 +4,13 @@ results line per run; the report's table, Welch p-values and PNG plots; the pres
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
 import pytest
 
-from advprune.cli import main, parse
+from advprune.cli import UsageError, main, parse
 from advprune.data.readers import FASHION_MNIST_DIR
 from advprune.report import (
     _random_groups,
@@ -316,3 +317,40 @@ def test_a_run_is_trained_only_for_its_own_epochs_a_variants_or_the_commands_def
     assert sweep_module._train(plain, folder, {"dataset": "cifar10"}, tmp_path / "log") == 0.0 and not calls
     sweep_module._train(longer, folder, {"dataset": "cifar10"}, tmp_path / "log")
     assert calls and calls[0][calls[0].index("--epochs") + 1] == str(DEFAULT_EPOCHS + 3)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"grid": {"specs": ["random:{fraction}"], "fractions": [1.5], "seeds": [0]}},
+         "run random-1.5-seed0: prune spec 'random:1.5': the kept fraction must be in (0, 1]"),
+        ({"grid": {"specs": ["none", {"name": "b0", "prune": "random:{fraction}", "train": {"batch_size": 0}}],
+                   "fractions": [0.5], "seeds": [0, 1]}},
+         "run b0-0.5-seed0: --batch-size must be an int >= 1, got 0"),
+        ({"train": {**CONFIG["train"], "bogus_flag": 3}}, "run full-seed0: unrecognized arguments: --bogus-flag 3"),
+        ({"eval": {**CONFIG["eval"], "autoattack_stages": "apgd-ce,apgd-xx"}},
+         "[eval] autoattack_stages: unknown apgd-xx"),
+        ({"final": {"runs": ["full-*"], "autoattack_stages": "fab"}}, "[final] autoattack_stages: unknown fab"),
+    ],
+)  # fmt: skip
+def test_a_bad_option_anywhere_in_the_grid_stops_the_sweep_before_anything_runs(tmp_path, monkeypatch, change,
+                                                                                 message):  # fmt: skip
+    import advprune.sweep as sweep_module
+
+    calls, config = [], {**CONFIG, **change}
+    monkeypatch.setattr(sweep_module, "_advprune", lambda args, log: calls.append(args) or 1.0)
+    only = ["full-*"] if "none" in config["grid"]["specs"] else None  # the runs not selected are checked too
+    with pytest.raises(UsageError, match=re.escape(message)):
+        run_sweep(config, tmp_path / "out", log=lambda _line: None, only=only)
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_a_failed_run_is_one_line_with_its_own_error_and_its_log(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text(
+        '[train]\ndataset = "cifar10"\ndata_dir = "no-such-folder"\n[grid]\nspecs = ["none"]\nseeds = [0]\n'
+    )
+    assert main(["sweep", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "full-seed0: advprune train failed (exit 2)" in err and "no cifar-10-batches-py folder" in err
+    assert str(tmp_path / "out" / "runs" / "full-seed0" / "sweep.log") in err

@@ -22,10 +22,11 @@ MISTAKES = (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsErro
 
 def _faults() -> tuple[type[BaseException], ...]:
     from advprune.distributed import RankFailure
+    from advprune.sweep import RunFailed
     from advprune.train import TrainingDiverged
     from advprune.train.folder_lock import RunFolderBusy
 
-    return (DiskFull, RunFolderBusy, TrainingDiverged, GroupFailed, RankFailure)
+    return (DiskFull, RunFolderBusy, TrainingDiverged, GroupFailed, RankFailure, RunFailed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

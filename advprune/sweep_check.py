@@ -1,0 +1,52 @@
+"""A sweep's options checked before its first run: each run's `advprune train` arguments parse and pass the
+command's own checks, and the evaluations' AutoAttack stages exist, so that a typo anywhere in a grid of many
+hours fails the sweep at once, naming the run and the option, not after the runs before it have trained."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from advprune.cli.common import UsageError
+
+
+def check_train_arguments(run: str, argv: list[str]) -> None:
+    """UsageError naming the run when `advprune train argv` would refuse its options (nothing is read or
+    written: the data folder is the run's own business)."""
+    from advprune.cli.factory import training_configs
+    from advprune.cli.parser import parse
+    from advprune.pruning import parse_spec
+
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            args = parse(argv)
+        if args.epochs < 1:
+            raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+        training_configs(args)
+        if args.prune is not None:
+            parse_spec(args.prune)
+    except SystemExit:  # argparse printed its one line
+        message = printed.getvalue().strip().split(": error: ", 1)[-1].split(" (see ")[0]
+        raise UsageError(f"run {run}: {message}") from None
+    except (UsageError, ValueError) as exc:
+        raise UsageError(f"run {run}: {exc}") from None
+
+
+def check_stages(table: str, stages: str) -> None:
+    """A table's autoattack_stages: "standard" or AutoAttack stage names joined by commas."""
+    from advprune.autoattack import STAGES
+
+    unknown = [s for s in (x.strip() for x in stages.split(",")) if s not in STAGES]
+    if stages != "standard" and unknown:
+        raise UsageError(
+            f'[{table}] autoattack_stages: unknown {", ".join(unknown)} ("standard", or some of {", ".join(STAGES)})'
+        )
+
+
+def check_sweep_options(runs: list[tuple[str, list[str]]], stages: dict[str, str]) -> None:
+    """Every (run name, train arguments) and every (table, autoattack_stages) of a sweep config."""
+    for table, names in stages.items():
+        check_stages(table, names)
+    for run, argv in runs:
+        check_train_arguments(run, argv)
