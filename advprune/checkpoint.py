@@ -40,7 +40,7 @@ def write_checkpoint_bytes(path: str | Path, data: memoryview | bytes) -> Path:
 
 
 def _first_line(exc: Exception, limit: int = 160) -> str:
-    line = (str(exc).strip().splitlines() or [""])[0]
+    line = (str(exc).strip().splitlines() or [""])[0].split(". ", 1)[0]  # torch's first sentence says what failed
     return f"{type(exc).__name__}: {line[:limit]}{'...' if len(line) > limit else ''}"
 
 

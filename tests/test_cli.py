@@ -333,3 +333,25 @@ def test_evaluate_refuses_an_unscaled_linf_budget():
         OptimConfig(lr=0.0)
     assert evaluate(models.create("small-cnn"), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), eps=8, norm="l2",
                     steps=1)["eps"] == 8  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--n", "0"], "nothing to evaluate: n must be >= 1"),
+        (["--steps", "-1"], "PGD needs steps >= 0 and restarts >= 1, got steps=-1"),
+        (["--restarts", "0"], "PGD needs steps >= 0 and restarts >= 1, got steps=20, restarts=0"),
+    ],
+)
+def test_an_evaluation_of_nothing_or_with_impossible_steps_is_refused(tmp_path, capsys, flags, message):
+    """No 0.0% figures from zero samples; the PGD options are checked before the first batch."""
+    from advprune import models
+    from advprune.checkpoint import save_checkpoint
+
+    if not Path(FASHION_MNIST_DIR).is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    meta = {"model": "small-cnn", "num_classes": 10, "eps": 0.1, "dataset": "fashion-mnist"}
+    save_checkpoint(tmp_path / "ckpt.pt", {"model": models.create("small-cnn").state_dict(), "meta": meta})
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt.pt"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "eval pgd" not in err
