@@ -7,20 +7,19 @@ the per-epoch curves); for a single run folder, its per-epoch curves. Needs the 
 from __future__ import annotations
 
 import itertools
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from advprune._deps import require
-from advprune.train.run_folder import epoch_records, read_run_metrics
+from advprune.train.run_folder import epoch_records, read_run_metrics, readable_records
 
 METRICS = ("clean_acc", "pgd_acc", "autoattack_acc", "total_s")
 
 
 def load_results(sweep: Path, name: str = "results.jsonl") -> list[dict]:
-    lines = (sweep / name).read_text().splitlines() if (sweep / name).exists() else []
-    return [json.loads(line) for line in lines if line.strip().endswith("}")]
+    """A sweep's result lines; an unreadable line (a copy cut short, damage) is dropped with a warning."""
+    return readable_records(sweep / name) if (sweep / name).exists() else []
 
 
 def final_rows(sweep: Path, results: list[dict]) -> list[dict]:

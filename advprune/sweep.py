@@ -37,7 +37,7 @@ from advprune._files import write_bytes_atomic
 from advprune.cli.parser import DEFAULT_EPOCHS
 from advprune.sweep_check import check_sweep_options
 from advprune.train.folder_lock import held
-from advprune.train.run_folder import epoch_records, read_run_metrics
+from advprune.train.run_folder import epoch_records, read_run_metrics, readable_records
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -397,4 +397,4 @@ def _finished(path: Path) -> list[dict]:
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
         write_bytes_atomic(path, text.encode(), durable=True)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return readable_records(path)  # a damaged line is dropped with a warning: its run is evaluated again

@@ -171,6 +171,16 @@ def test_a_copied_results_file_reports_wall_shares_and_resumed_runs_without_run_
     assert "(1.00x) |" in next(line for line in text.splitlines() if line.startswith("| full |"))
 
 
+def test_a_damaged_results_line_is_dropped_with_a_warning_naming_it(tmp_path, sweep):
+    _, results = sweep
+    lines = [json.dumps(r) for r in results]
+    lines.insert(1, '{"run": "random-0.5-seed0", "clean_ac')  # a line damaged in a copy
+    (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=re.escape(f"{tmp_path / 'results.jsonl'}:2: dropped an unreadable line")):
+        text, _plots = report(tmp_path)
+    assert next(line for line in text.splitlines() if line.startswith("| random:0.5 |"))
+
+
 def test_only_selects_runs_by_pattern_and_names_a_pattern_that_matches_none(tmp_path, capsys):
     runs = grid_runs(CONFIG["grid"])
     picked = select_runs(runs, ["full-*", "random-0.5-seed1"])

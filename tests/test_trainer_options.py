@@ -6,6 +6,7 @@ dynamic pruning, and the dynamic pruner in a loop of one's own."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -222,3 +223,30 @@ def test_validation_every_few_epochs(tmp_path, fashion):  # noqa: F811
     trainer(tmp_path, epochs=3, validation=ValidationConfig(steps=2, every=2)).fit(loader(train), val)
     validated = ["val_pgd_acc" in r for r in records(tmp_path)]
     assert validated == [False, True, True]  # epoch 1, and the last
+
+
+@pytest.mark.parametrize(
+    "batches,message",
+    [
+        ([(torch.rand(4, 1, 28, 28) * 255, torch.zeros(4, dtype=torch.long), torch.arange(4))],
+         "images must be raw pixels in [0, 1], got values in"),
+        ([(torch.rand(4, 1, 28, 28) * 2 - 1, torch.zeros(4, dtype=torch.long), torch.arange(4))],
+         "images must be raw pixels in [0, 1]"),
+        ([(torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 12, 1]), torch.arange(4))],
+         "labels must be class indices in [0, 10) (the model's outputs), got labels in [0, 12]"),
+        ([], "the training data served no batch in epoch 0"),
+    ],
+)  # fmt: skip
+def test_a_batch_of_wrong_values_or_no_batch_is_refused_before_any_update(tmp_path, batches, message):
+    from advprune import models
+    from advprune.train import AttackConfig, RunConfig, Trainer
+
+    torch.manual_seed(0)
+    model = models.create("small-cnn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, AttackConfig("pgd", eps=0.1, steps=1), epochs=1,
+                      run=RunConfig(out_dir=tmp_path, amp=None, device="cpu", quiet=True))  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer.fit(batches)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing trained
+    assert not (tmp_path / "last.pt").exists()

@@ -68,3 +68,26 @@ def unpack_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         got = f"{ids.dtype} {list(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise TypeError(f"Trainer: sample ids must be an integer tensor [{len(y)}], got {got}")
     return x, y, ids
+
+
+def check_batch_values(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """An epoch's first batch checked by value (a few host reads an epoch): images in [0, 1], as advprune's
+    attacks and models (which normalise inside) take them, and labels below the model's number of outputs
+    (asked of one image, in eval mode: no batch-norm statistics move). Either mistake would otherwise train
+    silently wrong or fail deep inside a kernel (on a GPU, as a device-side assert)."""
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"Trainer: images must be raw pixels in [0, 1], got values in [{low:.4g}, {high:.4g}]: divide 0-255 "
+            "images by 255 and leave normalisation to the model (advprune's models and loaders do both)"
+        )
+    from advprune.attacks import model_mode
+
+    with torch.no_grad(), model_mode(model, "eval"):
+        classes = model(x[:1]).shape[1]
+    lowest, highest = int(y.min()), int(y.max())
+    if lowest < 0 or highest >= classes:
+        raise ValueError(
+            f"Trainer: labels must be class indices in [0, {classes}) (the model's outputs), got labels in "
+            f"[{lowest}, {highest}]"
+        )

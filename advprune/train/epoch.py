@@ -12,7 +12,7 @@ import torch
 
 from advprune.data.augmentation import Augmentation
 from advprune.ids import KeyedNoise, epoch_generator
-from advprune.train.batches import loader_batch_size, subset_control, unpack_batch
+from advprune.train.batches import check_batch_values, loader_batch_size, subset_control, unpack_batch
 from advprune.train.scoring import run_scoring_pass
 
 if TYPE_CHECKING:
@@ -96,6 +96,8 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
         x, y, ids = unpack_batch(batch)
         x = x.to(t.device, memory_format=memory_format, non_blocking=True)
         y, ids = y.to(t.device, non_blocking=True), ids.to(t.device, non_blocking=True)
+        if steps == 1:
+            check_batch_values(t.model, x, y)
         timing["data"] += time.perf_counter() - tick
         lr = t.schedule.apply(t.optimizer, epoch, steps - 1, steps_in_epoch)
         weights = t.pruner.weights(ids) if t.pruner is not None else None
@@ -116,6 +118,8 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
         loss_sum += per_sample.sum(dtype=torch.float64)
         correct += (logits.argmax(1) == y).sum()
         tick = time.perf_counter()
+    if steps == 0:
+        raise ValueError(f"the training data served no batch in epoch {epoch}: an empty loader or subset")
     t.step.check_finite(epoch)
     if t.step.memory is not None:
         t.step.memory.share_ranks(t.world)

@@ -44,8 +44,9 @@ def read_run_metrics(folder: str | Path) -> list[dict]:
     return RunFolder(folder, quiet=True, writer=False).read_metrics()
 
 
-def _readable_records(path: Path) -> list[dict]:
-    """The JSON objects of a metrics log, one a line; an unreadable line is dropped with a warning."""
+def readable_records(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file (a metrics log, a sweep's results), one a line; an unreadable line
+    is dropped with a warning naming the file and the line."""
     records = []
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         try:
@@ -147,7 +148,7 @@ class RunFolder:
     def read_metrics(self) -> list[dict]:
         """The records of metrics.jsonl; an unreadable line (torn, garbage, binary) is dropped with a warning."""
         path = self.file("metrics.jsonl")
-        return _readable_records(path) if path is not None and path.is_file() else []
+        return readable_records(path) if path is not None and path.is_file() else []
 
     def forget_metrics_from(self, epoch: int) -> None:
         """Keeps the readable records of epochs before `epoch` (a killed run may have logged one past its
