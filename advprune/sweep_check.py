@@ -13,19 +13,14 @@ from advprune.cli.common import UsageError
 def check_train_arguments(run: str, argv: list[str]) -> None:
     """UsageError naming the run when `advprune train argv` would refuse its options (nothing is read or
     written: the data folder is the run's own business)."""
-    from advprune.cli.factory import training_configs
+    from advprune.cli.factory import check_training_options
     from advprune.cli.parser import parse
-    from advprune.pruning import parse_spec
 
     printed = io.StringIO()
     try:
         with contextlib.redirect_stderr(printed):
             args = parse(argv)
-        if args.epochs < 1:
-            raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
-        training_configs(args)
-        if args.prune is not None:
-            parse_spec(args.prune)
+        check_training_options(args)
     except SystemExit:  # argparse printed its one line
         message = printed.getvalue().strip().split(": error: ", 1)[-1].split(" (see ")[0]
         raise UsageError(f"run {run}: {message}") from None

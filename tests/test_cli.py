@@ -301,7 +301,7 @@ def test_train_and_eval_tune_malloc_unless_told_not_to(tmp_path, capsys, monkeyp
     [
         (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
         (["--epochs", "0"], "--epochs must be >= 1"),
-        (["--lr", "-1"], "lr must be a finite number >= 0"),
+        (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
         (["--lr", "0"], "lr must be a finite number > 0"),
         (["--eps", "8"], "for 8 on the 0-255 scale pass 8/255"),
         (["--steps", "-2"], "steps must be an int >= 0"),
@@ -322,7 +322,7 @@ def test_a_refused_training_option_leaves_no_run_folder(tmp_path, capsys, flags,
     assert not out.exists()
 
 
-def test_evaluate_refuses_an_unscaled_linf_budget():
+def test_an_unscaled_linf_budget_and_a_zero_learning_rate_are_refused():
     from advprune import models
     from advprune.evaluate import evaluate
     from advprune.train import OptimConfig

@@ -55,6 +55,18 @@ def training_configs(args: argparse.Namespace):
     return attack, optim, validation
 
 
+def check_training_options(args: argparse.Namespace) -> None:
+    """Everything of `advprune train`'s options that can be checked before the data is read or the run folder
+    made (the sweep checks every run with it before the first starts): UsageError or ValueError naming it."""
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    training_configs(args)
+    if args.prune is not None:
+        from advprune.pruning import parse_spec
+
+        parse_spec(args.prune)
+
+
 class RunFactory:
     """Builds this command's models, loaders and trainers from its options. The training set is split
     once: val_ids (--val-n samples, class-stratified) are held out for validation, pool the rest."""

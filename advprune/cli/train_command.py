@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from advprune.cli.common import UsageError, tensors
-from advprune.cli.factory import RunFactory, training_configs, training_data
+from advprune.cli.factory import RunFactory, check_training_options, training_data
 
 if TYPE_CHECKING:
     from advprune.train import AttackConfig
@@ -121,13 +121,7 @@ def train(args: argparse.Namespace) -> None:
     args.resume = args.resume or args.resume_from is not None
     if (out / "last.pt").exists() and not args.resume:
         raise UsageError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
-    if args.epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
-    training_configs(args)  # a bad option is refused before the run folder is made
-    if args.prune is not None:
-        from advprune.pruning import parse_spec
-
-        parse_spec(args.prune)
+    check_training_options(args)  # a bad option is refused before the run folder is made
     world = World.from_environment(timeout_s=args.dist_timeout)
     try:
         started = time.perf_counter()

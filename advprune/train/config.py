@@ -83,9 +83,8 @@ class OptimConfig:
     ema: float | None = None
 
     def __post_init__(self) -> None:
-        _positive_number("lr", self.lr)
-        if self.lr == 0:
-            raise ValueError("lr must be a finite number > 0, got 0")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (0 < self.lr < math.inf):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         _positive_number("weight_decay", self.weight_decay)
         if isinstance(self.momentum, bool) or not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
