@@ -22,7 +22,7 @@ def as_indices(indices: object, n: int | None) -> torch.Tensor:
     """A 1-D int64 CPU tensor of distinct sample ids in [0, n) (n None: any id >= 0); ValueError/TypeError
     naming the problem."""
     t = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
-    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+    if t.numel() and (t.dtype == torch.bool or t.is_floating_point() or t.is_complex()):  # [] comes as float64
         raise TypeError(f"indices must be integer sample ids, got {t.dtype}")
     t = t.to(device="cpu", dtype=torch.int64).reshape(-1) if t.dim() <= 1 else t
     if t.dim() != 1:

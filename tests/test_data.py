@@ -146,6 +146,8 @@ def test_bad_indices_are_refused(colour_data):
         make_loader(data, backend="memory", batch_size=4, indices=[1, 1, 2])
     with pytest.raises(TypeError, match=r"indices must be integer sample ids, got torch\.float32"):
         make_loader(data, backend="memory", batch_size=4, indices=torch.tensor([1.0]))
+    empty = make_loader(data, backend="memory", batch_size=4, indices=[])  # [] arrives as float64: still ids
+    assert len(empty) == 0 and list(empty) == []
     with pytest.raises(ValueError, match="backend must be one of"):
         make_loader(data, backend="dali", batch_size=4)
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
