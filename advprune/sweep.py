@@ -314,6 +314,9 @@ def _final_evaluations(config: dict, out: Path, runs: list[GridRun], log) -> Non
     test images: one final.jsonl line each."""
     for run in _matching(runs, config["final"].get("runs", [])):
         if run.name in _results(out) and run.name not in _finals(out):
+            if not (out / "runs" / run.name / "last.pt").exists():  # its results came with the folder's copy
+                log(f"{run.name}: no last.pt here (trained elsewhere): its final evaluation waits for the model")
+                continue
             line = _final_evaluation(run, out, config)
             if line is not None:
                 log(f"{run.name}: final AutoAttack ({line['autoattack_version']}) {line['autoattack_acc']:.3f}")

@@ -296,6 +296,13 @@ def test_final_rows_are_evaluated_once_more_and_reported_apart(tmp_path, sweep):
     final_table = text.split("## Final rows")[1]
     assert "| full | 1 | 2 |" in final_table and "| random:0.5 | 0.5 | 2 |" in final_table
     assert "low+high" not in final_table and "first 16 test images" in final_table
+    (out / "runs" / "low_high-0.5-seed0" / "last.pt").unlink()  # a run whose model stayed on another machine
+    said = []
+    run_sweep({**config, "final": {**config["final"], "runs": ["low*"]}}, out, log=said.append)
+    assert "low_high-0.5-seed0: no last.pt here (trained elsewhere)" in " ".join(said)
+    assert [json.loads(line)["run"] for line in (out / "final.jsonl").read_text().splitlines()][4:] == [
+        "low_high-0.5-seed1"
+    ]
 
 
 def test_a_report_whose_reader_went_away_ends_quietly(sweep):
