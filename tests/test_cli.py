@@ -108,6 +108,9 @@ def test_train_then_eval_a_checkpoint(tmp_path, capsys):
         (["train", "--dataset", "cifar10", "--data-dir", "/no/such", "--out", "r"], "no cifar-10-batches-py"),
         (["train", "--config", "missing.toml", "--out", "r"], "no config file at missing.toml"),
         (["eval", "--checkpoint", "nothing.pt"], "no checkpoint at nothing.pt"),
+        (["train", "--resume", "--out", "r"], "no checkpoint at r/last.pt to resume from: drop --resume to start it"),
+        (["train", "--resume-from", "none.pt", "--out", "r"], "no checkpoint at none.pt to resume from"),
+        (["prepare", "--dataset", "cifar10", "--data-dir", ".", "--out", "."], "--out . is a folder: name the .beton"),
     ],
 )
 def test_train_and_eval_bad_input(tmp_path, monkeypatch, capsys, argv, message):
@@ -115,6 +118,7 @@ def test_train_and_eval_bad_input(tmp_path, monkeypatch, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # no run folder made for a refused run
 
 
 def test_checkpoint_that_is_not_one(tmp_path, capsys):

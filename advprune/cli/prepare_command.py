@@ -13,6 +13,8 @@ def prepare(args: argparse.Namespace) -> None:
     from advprune.data.readers import read_dataset
 
     out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: name the .beton file to write (e.g. {out / 'train.beton'})")
     if out.exists() and not args.force:
         raise UsageError(f"{out} exists: pass --force to overwrite it")
     data = read_dataset(args.dataset, args.data_dir, train=args.split == "train")

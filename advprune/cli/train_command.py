@@ -122,6 +122,10 @@ def train(args: argparse.Namespace) -> None:
     if (out / "last.pt").exists() and not args.resume:
         raise UsageError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
     check_training_options(args)  # a bad option is refused before the run folder is made
+    resume_from = Path(args.resume_from) if args.resume_from is not None else out / "last.pt"
+    if args.resume and not resume_from.is_file():
+        how = "" if args.resume_from is not None else ": drop --resume to start it"
+        raise UsageError(f"no checkpoint at {resume_from} to resume from{how}")
     world = World.from_environment(timeout_s=args.dist_timeout)
     try:
         started = time.perf_counter()

@@ -58,6 +58,8 @@ def write_beton(
     """
     check_arrays(images, labels)
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: name the .beton file to write (e.g. {path / 'train.beton'})")
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists: pass force=True (--force) to overwrite it")
     if not path.parent.is_dir():
