@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advprune import ops
-from advprune._checks import check_images_and_labels
+from advprune._checks import check_images_and_labels, check_pixel_eps
 from advprune.ids import KeyedNoise
 
 LOSSES = ("ce", "margin")
@@ -145,7 +145,7 @@ def pgd(
     (float16 included) and with channels_last inputs. `start`: the first run's first iterate instead of
     its random start (projected into the ball first), e.g. the sample's example of the last epoch.
     """
-    _check_pgd_options("attacks.pgd", x, y, loss, steps, restarts)
+    _check_pgd_options("attacks.pgd", x, y, loss, steps, restarts, eps, norm)
     x = x.detach()
     attack = dict(eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start, loss=loss)
     with model_mode(model, mode):
@@ -189,7 +189,7 @@ def pgd_robust(
     attack spends its steps on the samples still robust only, and is at least as strong as judging
     the last iterate (attacks.pgd and torchattacks.PGD). Each restart attacks the samples no earlier
     restart broke. The model is in eval mode while attacking; the caller's mode is restored."""
-    _check_pgd_options("attacks.pgd_robust", x, y, loss, steps, restarts)
+    _check_pgd_options("attacks.pgd_robust", x, y, loss, steps, restarts, eps, norm)
     x = x.detach()
     with model_mode(model, "eval"):
         with torch.no_grad():
@@ -231,12 +231,13 @@ def _broken_by_any_iterate(model, x, y, eps, step_size, steps, norm, loss, noise
     return broken
 
 
-def _check_pgd_options(where: str, x, y, loss: str, steps: int, restarts: int) -> None:
+def _check_pgd_options(where: str, x, y, loss: str, steps: int, restarts: int, eps: float, norm: str) -> None:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if steps < 0 or restarts < 1:
         raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     check_images_and_labels(where, x, y)
+    check_pixel_eps(where, eps, norm)
 
 
 def _pgd_run(model, x, y, *, eps, step_size, steps, norm, random_start, loss, generator, start=None) -> torch.Tensor:
@@ -276,6 +277,7 @@ def fgsm_rs(
     iterate instead of the random start (e.g. the sample's example of the last epoch: ATTA)."""
     step_size = 1.25 * eps if step_size is None else step_size
     check_images_and_labels("attacks.fgsm_rs", x, y)
+    check_pixel_eps("attacks.fgsm_rs", eps, "linf")
     x = x.detach()
     with model_mode(model, mode):
         x_adv = random_init(x, eps, "linf", generator) if start is None else given_start(start, x, eps)
@@ -297,6 +299,7 @@ def trades_perturb(
     """The TRADES inner maximisation: PGD on KL(softmax(f(x)) || softmax(f(x_adv))),
     started at x + 0.001 * N(0, 1) (or at `start`), with the clean prediction fixed."""
     check_images_and_labels("attacks.trades_perturb", x, None)
+    check_pixel_eps("attacks.trades_perturb", eps, "linf")
     x = x.detach()
     with model_mode(model, mode):
         with torch.no_grad():

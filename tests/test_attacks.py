@@ -120,6 +120,14 @@ def test_mode_is_restored_and_bad_options_refused(trained):
         attacks.pgd(model, x, y, eps=0.1, step_size=0.05, steps=1, loss="hinge")
     with pytest.raises(ValueError, match='mode must be "eval", "train" or "keep"'):
         attacks.pgd(model, x, y, eps=0.1, step_size=0.05, steps=1, mode="frozen")
+    for attack in (attacks.pgd, attacks.pgd_robust):  # 8 meant as 8/255
+        with pytest.raises(ValueError, match="for 8 on the 0-255 scale pass 8/255"):
+            attack(model, x, y, eps=8, step_size=2, steps=1)
+    with pytest.raises(ValueError, match=r"attacks\.fgsm_rs: eps is in"):
+        attacks.fgsm_rs(model, x, y, eps=8)
+    with pytest.raises(ValueError, match=r"attacks\.trades_perturb: eps is in"):
+        attacks.trades_perturb(model, x, eps=8, step_size=2, steps=1)
+    assert attacks.pgd(model, x[:4], y[:4], eps=3.0, step_size=1.0, steps=1, norm="l2").shape == x[:4].shape
 
 
 class Confident(torch.nn.Module):

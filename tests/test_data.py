@@ -164,7 +164,7 @@ def test_beton_refuses_overwrite_and_bad_arrays(tmp_path, colour_data):
     with pytest.raises(FileExistsError, match="exists: pass force=True"):
         write_beton(path, images, labels)
     assert path.stat().st_size == size
-    with pytest.raises(ValueError, match="is a folder: name the .beton file to write"):
+    with pytest.raises(ValueError, match=r"is a folder: name the \.beton file to write"):
         write_beton(tmp_path, images, labels, force=True)  # force never aims the writer at a folder
     with pytest.raises(TypeError, match="images must be a uint8 numpy array"):
         write_beton(tmp_path / "b.beton", images.astype(np.float32), labels)
