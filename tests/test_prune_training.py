@@ -237,6 +237,12 @@ def test_score_command_from_checkpoints(tmp_path, full_run):
     assert len(meta["checkpoints"]) == 2
 
 
+def test_score_command_names_its_own_flag_when_refusing(tmp_path, capsys):
+    assert main(["score", "--warmup-epochs", "0", "--out", str(tmp_path / "s.npz")]) == 2
+    assert "--warmup-epochs must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()
+
+
 @needs_fashion
 @pytest.mark.parametrize("spec", ["dynamic:0.5", "keep-hard:0.5"])
 def test_train_with_a_dynamic_spec(tmp_path, spec):

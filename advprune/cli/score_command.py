@@ -19,6 +19,8 @@ def score_command(args: argparse.Namespace) -> None:
         raise UsageError(f"--out must name a .npz file, got {out}")
     if bool(args.checkpoint) == (args.warmup_epochs is not None):
         raise UsageError("score from --checkpoint FILE [FILE ...] or from --warmup-epochs W runs (one of the two)")
+    if args.warmup_epochs is not None and args.warmup_epochs < 1:
+        raise UsageError(f"--warmup-epochs must be >= 1, got {args.warmup_epochs}")
     data, _ = training_data(args)
     with Stopwatch() as watch:
         if args.checkpoint:
