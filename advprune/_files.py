@@ -6,11 +6,14 @@ killed process leaves behind can be found and removed."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+from advprune._warn import warn
 
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)(\.[^.]*)?$")  # .{stem}.tmp-{pid}{suffix}, as temporary_path names them
 
@@ -91,3 +94,19 @@ def temporaries(folder: str | Path) -> list[tuple[Path, int]]:
         if match and entry.is_file():
             found.append((entry, int(match.group(1))))
     return sorted(found)
+
+
+def readable_records(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file (a metrics log, a sweep's results), one a line; an unreadable line
+    is dropped with a warning naming the file and the line."""
+    records = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:  # JSON and UTF-8 errors alike
+            warn(f"{path}:{number}: dropped an unreadable line (a write cut short, or damage): {raw[:60]!r}")
+            continue
+        records.append(record)
+    return records

@@ -231,11 +231,16 @@ def _broken_by_any_iterate(model, x, y, eps, step_size, steps, norm, loss, noise
     return broken
 
 
+def check_pgd_runs(steps: int, restarts: int) -> None:
+    """PGD's counts: steps >= 0 and restarts >= 1 (the attacks, and evaluate before its first batch)."""
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+
+
 def _check_pgd_options(where: str, x, y, loss: str, steps: int, restarts: int, eps: float, norm: str) -> None:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if steps < 0 or restarts < 1:
-        raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    check_pgd_runs(steps, restarts)
     check_images_and_labels(where, x, y)
     check_pixel_eps(where, eps, norm)
 

@@ -21,6 +21,15 @@ STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 TARGET_CLASSES = 9  # the official standard version's APGD-T and FAB-T targets
 
 
+def parse_stages(text: str, where: str) -> tuple[str, ...]:
+    """Stage names joined by commas ("apgd-ce,apgd-t"), in order; ValueError naming `where` and each unknown one."""
+    stages = tuple(s.strip() for s in text.split(","))
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"{where}: unknown {', '.join(unknown)} (choose from {', '.join(STAGES)})")
+    return stages
+
+
 def stage_attack(name: str, model: nn.Module, *, eps: float, norm: str, num_classes: int, seed: int):
     """The torchattacks attack of one stage, configured as the official standard version."""
     ta = require("torchattacks", extra="eval", purpose="AutoAttack")

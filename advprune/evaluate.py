@@ -66,8 +66,8 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_pixel_eps("evaluate", eps, norm)
-    if attack == "pgd" and (steps < 0 or restarts < 1):
-        raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    if attack == "pgd":
+        attacks.check_pgd_runs(steps, restarts)
     n = len(y) if n is None else min(n, len(y))
     if n < 1:
         raise ValueError(f"nothing to evaluate: n must be >= 1 (the first n samples), got n={n} of {len(y)} samples")

@@ -12,7 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from advprune._deps import require
-from advprune.train.run_folder import epoch_records, read_run_metrics, readable_records
+from advprune._files import readable_records
+from advprune.train.run_folder import epoch_records, read_run_metrics
 
 METRICS = ("clean_acc", "pgd_acc", "autoattack_acc", "total_s")
 

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from advprune._deps import load_toml
-from advprune._files import write_bytes_atomic
+from advprune._files import readable_records, write_bytes_atomic
 from advprune.cli.parser import DEFAULT_EPOCHS
 from advprune.sweep_check import check_sweep_options
 from advprune.train.folder_lock import held
-from advprune.train.run_folder import epoch_records, read_run_metrics, readable_records
+from advprune.train.run_folder import epoch_records, read_run_metrics
 
 PRESETS = Path(__file__).parent / "presets"
 

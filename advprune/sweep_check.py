@@ -30,13 +30,13 @@ def check_train_arguments(run: str, argv: list[str]) -> None:
 
 def check_stages(table: str, stages: str) -> None:
     """A table's autoattack_stages: "standard" or AutoAttack stage names joined by commas."""
-    from advprune.autoattack import STAGES
+    from advprune.autoattack import parse_stages
 
-    unknown = [s for s in (x.strip() for x in stages.split(",")) if s not in STAGES]
-    if stages != "standard" and unknown:
-        raise UsageError(
-            f'[{table}] autoattack_stages: unknown {", ".join(unknown)} ("standard", or some of {", ".join(STAGES)})'
-        )
+    if stages != "standard":
+        try:
+            parse_stages(stages, f"[{table}] autoattack_stages")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def check_sweep_options(runs: list[tuple[str, list[str]]], stages: dict[str, str]) -> None:

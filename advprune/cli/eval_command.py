@@ -15,7 +15,7 @@ from advprune.cpu_allocator import tune_cpu_allocator
 def eval_command(args: argparse.Namespace) -> None:
     import torch
 
-    from advprune.autoattack import STAGES
+    from advprune.autoattack import STAGES, parse_stages
     from advprune.data.readers import read_dataset
     from advprune.evaluate import evaluate, format_result
 
@@ -31,10 +31,7 @@ def eval_command(args: argparse.Namespace) -> None:
     if eps is None:
         raise UsageError("the checkpoint records no eps: pass --eps")
     norm = args.norm or meta.get("norm", "linf")
-    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise UsageError(f"--stages: unknown {', '.join(unknown)} (choose from {', '.join(STAGES)})")
+    stages = parse_stages(args.stages, "--stages") if args.stages else STAGES
     x, y = tensors(test, range(min(args.n, len(test))))
     result = evaluate(
         model,

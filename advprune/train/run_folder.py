@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from advprune._faults import armed, die, fault_point
-from advprune._files import ensure_room, temporaries, write_atomic
+from advprune._files import ensure_room, readable_records, temporaries, write_atomic
 from advprune._warn import warn
 from advprune.checkpoint import (
     CheckpointError,
@@ -42,22 +42,6 @@ def epoch_records(records: list[dict]) -> list[dict]:
 def read_run_metrics(folder: str | Path) -> list[dict]:
     """The readable records of a run folder's metrics.jsonl, read without taking the folder (a sweep, a report)."""
     return RunFolder(folder, quiet=True, writer=False).read_metrics()
-
-
-def readable_records(path: Path) -> list[dict]:
-    """The JSON objects of a JSON-lines file (a metrics log, a sweep's results), one a line; an unreadable line
-    is dropped with a warning naming the file and the line."""
-    records = []
-    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        try:
-            record = json.loads(raw.decode("utf-8"))
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except ValueError:  # JSON and UTF-8 errors alike
-            warn(f"{path}:{number}: dropped an unreadable line (a write cut short, or damage): {raw[:60]!r}")
-            continue
-        records.append(record)
-    return records
 
 
 def _write_last_then_best(folder: Path, data: memoryview, *, best: bool, epoch: int | None) -> None:
