@@ -44,9 +44,10 @@ def training_configs(args: argparse.Namespace):
         raise UsageError(f"--batch-size must be an int >= 1, got {a.batch_size!r}")
     try:
         attack = AttackConfig(
-            a.attack, a.eps, a.step_size, a.steps, a.norm, reuse=a.reuse_perturbation, reuse_refresh=a.reuse_refresh
-        )
-        optim = OptimConfig(lr=a.lr, schedule=a.lr_schedule, ema=getattr(a, "ema", None))
+            a.attack, a.eps, a.step_size, a.steps, a.norm, reuse=a.reuse_perturbation, reuse_refresh=a.reuse_refresh,
+            eps_warmup=a.eps_warmup,
+        )  # fmt: skip
+        optim = OptimConfig(lr=a.lr, schedule=a.lr_schedule, weight_decay=a.weight_decay, ema=getattr(a, "ema", None))
         validation = ValidationConfig(steps=getattr(a, "val_steps", 10), every=getattr(a, "val_every", 1))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -120,6 +121,7 @@ class RunFactory:
             seed=seed,
             indices=self.pool if indices is None else indices,
             channels_last=True,
+            augment={"auto": None, "on": True, "off": False}[self.args.augment],
         )
 
     def val(self):

@@ -62,9 +62,23 @@ def _add_training_options(p: argparse.ArgumentParser, eps_default: float | None 
         default=0.0,
         help="with --reuse-perturbation: each sample's chance per epoch of a fresh random start instead",
     )
+    p.add_argument(
+        "--eps-warmup",
+        type=number,
+        default=0.0,
+        metavar="EPOCHS",
+        help="ramp the training attack's eps (and step) linearly from 0 over the first EPOCHS epochs",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=number, default=0.05)
     p.add_argument("--lr-schedule", choices=("piecewise", "cosine", "onecycle", "constant"), default="cosine")
+    p.add_argument("--weight-decay", type=number, default=5e-4, help="SGD's L2 penalty (the paper's 5e-4)")
+    p.add_argument(
+        "--augment",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="random crop (4-pixel padding) and horizontal flip; auto: for colour images only",
+    )
     p.add_argument(
         "--ema",
         type=number,

@@ -105,7 +105,10 @@ def _setup_record(factory: RunFactory, args: argparse.Namespace, test_size: int,
             "norm": attack.norm,
             "step_size": attack.step_size,
             "reuse": attack.reuse,
+            "eps_warmup": attack.eps_warmup,
         },
+        "weight_decay": args.weight_decay,
+        "augment": args.augment,
         "default_malloc": args.default_malloc,  # False: on the CPU the Trainer tuned malloc (timings differ)
     }
 

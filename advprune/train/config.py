@@ -29,7 +29,9 @@ class AttackConfig:
     or clean; eps and step_size in [0, 1] pixel space; step_size None takes each attack's usual step:
     1.25 eps for fgsm_rs (Wong et al.), eps / 4 for pgd and trades. reuse: "int8" or "bf16" starts each
     sample's attack from its perturbation of the last epoch (ATTA; train/perturbation_memory.py, stored
-    so), each sample drawing a fresh random start instead with probability reuse_refresh per epoch."""
+    so), each sample drawing a fresh random start instead with probability reuse_refresh per epoch.
+    eps_warmup: the training attack's eps and step ramp linearly from 0 over the first eps_warmup epochs
+    (a curriculum: the young model first meets weaker perturbations); validation always uses the full eps."""
 
     kind: str = "pgd"
     eps: float = 8 / 255
@@ -39,6 +41,7 @@ class AttackConfig:
     beta: float = 6.0
     reuse: str | None = None
     reuse_refresh: float = 0.0
+    eps_warmup: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -60,6 +63,15 @@ class AttackConfig:
             raise ValueError("reuse keeps each sample's adversarial perturbation: clean training has none")
         if not isinstance(self.reuse_refresh, (int, float)) or not 0 <= self.reuse_refresh <= 1:
             raise ValueError(f"reuse_refresh must be a probability in [0, 1], got {self.reuse_refresh!r}")
+        _positive_number("eps_warmup", self.eps_warmup)
+
+    def strength_at(self, progress: float) -> tuple[float, float]:
+        """(eps, step_size) of the attack `progress` epochs into training (fractional: the step's place in its
+        epoch counts): both scaled by progress / eps_warmup until the warm-up ends, then as configured."""
+        if progress >= self.eps_warmup:
+            return self.eps, self.step_size
+        share = max(progress, 0.0) / self.eps_warmup
+        return self.eps * share, self.step_size * share
 
     def safer(self) -> tuple[AttackConfig, str]:
         """The setting the overfitting guard switches to after a collapse, and what it did."""

@@ -100,6 +100,7 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
             check_batch_values(t.model, x, y)
         timing["data"] += time.perf_counter() - tick
         lr = t.schedule.apply(t.optimizer, epoch, steps - 1, steps_in_epoch)
+        t.step.progress = epoch + (steps - 1) / steps_in_epoch if steps_in_epoch else float(epoch)
         weights = t.pruner.weights(ids) if t.pruner is not None else None
         augmentation = _augmentation(t, train, x, subset)
         per_sample, logits = t.step(

@@ -63,6 +63,7 @@ class AdversarialStep:
         self.check_every = 1 if device.type == "cpu" else FINITE_CHECK_EVERY
         self.memory: PerturbationMemory | None = None  # made at the first batch when attack.reuse is set
         self.average: WeightAverage | None = None  # the weight average (OptimConfig.ema), set by the Trainer
+        self.progress = 0.0  # epochs trained so far, fractional; set by run_epoch before each step (eps warm-up)
 
     def ensure_memory(self, num_samples: int, x: torch.Tensor, augmentation: Augmentation) -> None:
         """Makes the perturbation memory (attack.reuse) for num_samples ids and the batches' padded frame."""
@@ -94,26 +95,28 @@ class AdversarialStep:
         self, x: torch.Tensor, y: torch.Tensor, generator: attacks.Randomness, start: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The training attack's examples of (x, y), crafted with the model in eval mode for pgd and trades,
-        from `start` (perturbation memory) or the attack's random start."""
+        from `start` (perturbation memory) or the attack's random start, at the strength of the eps warm-up."""
         a, forward = self.attack, self.attack_forward
+        eps, step_size = a.strength_at(self.progress)
         with self.autocast():
             if a.kind == "pgd":
-                return attacks.pgd(forward, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm,
+                return attacks.pgd(forward, x, y, eps=eps, step_size=step_size, steps=a.steps, norm=a.norm,
                                    generator=generator, start=start)  # fmt: skip
             if a.kind == "fgsm_rs":
-                return attacks.fgsm_rs(forward, x, y, eps=a.eps, step_size=a.step_size, generator=generator,
+                return attacks.fgsm_rs(forward, x, y, eps=eps, step_size=step_size, generator=generator,
                                        start=start)  # fmt: skip
             if a.kind == "trades":
-                return attacks.trades_perturb(forward, x, eps=a.eps, step_size=a.step_size, steps=a.steps,
+                return attacks.trades_perturb(forward, x, eps=eps, step_size=step_size, steps=a.steps,
                                               generator=generator, start=start)  # fmt: skip
         return x
 
     def random_start(self, x: torch.Tensor, generator: attacks.Randomness) -> torch.Tensor:
         """The attack's own first iterate (what a sample without a remembered perturbation starts from)."""
         a = self.attack
+        eps, _ = a.strength_at(self.progress)
         if a.kind == "trades":
-            return attacks.trades_start(x, a.eps, generator)
-        return attacks.random_init(x, a.eps, a.norm, generator)
+            return attacks.trades_start(x, eps, generator)
+        return attacks.random_init(x, eps, a.norm, generator)
 
     def perturb_from_memory(self, x, y, ids, generator, augmentation: Augmentation | None) -> torch.Tensor:
         """The attack, started from each sample's remembered perturbation when the memory is on; the final
