@@ -290,6 +290,32 @@ def fgsm_rs(
         return ops.pgd_step_(x_adv, grad, x, eps=eps, step_size=step_size)
 
 
+def n_fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    noise: float | None = None,
+    step_size: float | None = None,
+    mode: str = "keep",
+    generator: Randomness = None,
+) -> torch.Tensor:
+    """N-FGSM (de Jorge et al. 2022): a uniform start in the linf ball of radius `noise` (default 2 eps), one
+    signed step of step_size (default eps), and no projection back into the eps ball (the example may lie
+    noise + step_size from x; only [0, 1] clips). The stronger noise, not a clip, keeps single-step training
+    from catastrophic overfitting, at the cost of FGSM-RS."""
+    noise = 2 * eps if noise is None else noise
+    step_size = eps if step_size is None else step_size
+    check_images_and_labels("attacks.n_fgsm", x, y)
+    check_pixel_eps("attacks.n_fgsm", eps, "linf")
+    x = x.detach()
+    with model_mode(model, mode):
+        x_adv = random_init(x, noise, "linf", generator)
+        _, grad = input_gradient(model, x_adv, y)
+        return ops.pgd_step_(x_adv, grad, x, eps=noise + step_size, step_size=step_size)  # a ball it cannot leave
+
+
 def trades_perturb(
     model: nn.Module,
     x: torch.Tensor,

@@ -95,6 +95,37 @@ def test_fgsm_rs_and_trades(trained):
     model.zero_grad(set_to_none=True)
 
 
+class Linear64(torch.nn.Module):
+    """A float64 linear classifier: its input gradient is known in closed form."""
+
+    def __init__(self, features: int, classes: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.weight = torch.randn(classes, features, generator=generator, dtype=torch.float64)
+        self.bias = torch.randn(classes, generator=generator, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
+def test_n_fgsm_matches_its_float64_definition_and_leaves_the_eps_ball():
+    """N-FGSM: x0 = clip(x + U(-2 eps, 2 eps)), one signed step of eps on the cross-entropy, no projection
+    back into the eps ball (only [0, 1] clips), against the closed-form gradient of a linear model."""
+    gen = torch.Generator().manual_seed(11)
+    x = 0.05 + 0.9 * torch.rand(64, 3, 4, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 5, (64,), generator=gen)
+    model, eps = Linear64(48, 5, gen), 0.06
+    x_adv = attacks.n_fgsm(model, x, y, eps=eps, generator=torch.Generator().manual_seed(5))
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 4 * eps - 2 * eps
+    x0 = (x + noise).clamp(0, 1)
+    probs = torch.softmax(model(x0), dim=1)
+    grad = ((probs - F.one_hot(y, 5).double()) @ model.weight).view_as(x)  # d CE / d x0, per sample
+    expected = (x0 + eps * grad.sign()).clamp(0, 1)
+    assert torch.allclose(x_adv, expected, atol=1e-12, rtol=0)
+    delta = (x_adv - x).abs()
+    assert delta.max() <= 3 * eps + 1e-12 and delta.max() > 2.5 * eps  # beyond the eps ball: not projected
+    assert (delta > eps + 1e-9).float().mean() > 0.2
+
+
 def test_autocast_and_channels_last(trained):
     model, x, y = trained
     model_cl = model.to(memory_format=torch.channels_last)

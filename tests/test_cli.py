@@ -297,7 +297,9 @@ def test_train_and_eval_tune_malloc_unless_told_not_to(tmp_path, capsys, monkeyp
     setup = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert setup["phase"] == "setup" and setup["default_malloc"] is default_malloc
     # the attack as the Trainer took it: the default step size filled in
-    assert setup["attack"] == {"kind": "pgd", "eps": 0.1, "steps": 1, "norm": "linf", "step_size": 0.025, "reuse": None}
+    attack = {"kind": "pgd", "eps": 0.1, "steps": 1, "norm": "linf", "step_size": 0.025, "reuse": None, "eps_warmup": 0}
+    assert setup["attack"] == attack
+    assert setup["weight_decay"] == 5e-4 and setup["augment"] == "auto"
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,16 @@ def test_step_size_defaults_follow_the_attack():
     assert AttackConfig("fgsm_rs", eps=0.1).step_size == pytest.approx(0.125)  # Wong et al.: 1.25 eps
     assert AttackConfig("pgd", eps=0.1).step_size == pytest.approx(0.025)
     assert AttackConfig("pgd", eps=0.1, step_size=0.01).step_size == 0.01
+    assert AttackConfig("n_fgsm", eps=0.1).step_size == pytest.approx(0.1)  # de Jorge et al.: eps, noise 2 eps
+
+
+def test_n_fgsm_is_linf_fresh_noise_and_falls_back_to_pgd2():
+    with pytest.raises(ValueError, match="n_fgsm is an linf attack"):
+        AttackConfig("n_fgsm", eps=1.0, norm="l2")
+    with pytest.raises(ValueError, match="n_fgsm starts from fresh noise"):
+        AttackConfig("n_fgsm", eps=0.1, reuse="int8")
+    safer, event = AttackConfig("n_fgsm", eps=0.1).safer()
+    assert (safer.kind, safer.steps, event) == ("pgd", 2, "switched from N-FGSM to PGD-2")
 
 
 def test_amp_auto_takes_bfloat16_only_where_the_gpu_computes_it(monkeypatch):

@@ -48,7 +48,9 @@ def _add_training_options(p: argparse.ArgumentParser, eps_default: float | None 
     p.add_argument("--attack", choices=OBJECTIVES, default="pgd")
     p.add_argument("--eps", type=number, default=eps_default, help="in [0, 1] pixel space; fractions (8/255) work")
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    p.add_argument("--step-size", type=number, default=None, help="default: 1.25 eps for fgsm_rs, eps/4 otherwise")
+    p.add_argument(
+        "--step-size", type=number, default=None, help="default: 1.25 eps for fgsm_rs, eps for n_fgsm, eps/4 otherwise"
+    )
     p.add_argument("--steps", type=int, default=3)
     p.add_argument(
         "--reuse-perturbation",

@@ -12,7 +12,9 @@ import torch
 from advprune._checks import check_pixel_eps
 from advprune.distributed import World
 
-OBJECTIVES = ("pgd", "fgsm_rs", "trades", "clean")
+OBJECTIVES = ("pgd", "fgsm_rs", "n_fgsm", "trades", "clean")
+SINGLE_STEP_NAMES = {"fgsm_rs": "FGSM-RS", "n_fgsm": "N-FGSM"}  # linf attacks of one signed step
+SINGLE_STEP = tuple(SINGLE_STEP_NAMES)
 NORMS = ("linf", "l2")
 AMP_MODES = ("auto", "bf16", "fp16", None)
 REUSE_STORAGES = ("int8", "bf16")  # how perturbation memory stores each perturbation
@@ -25,9 +27,10 @@ def _positive_number(name: str, value: object) -> None:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """The training attack. kind: pgd (Madry), fgsm_rs (Wong et al.), trades (Zhang et al., with beta)
-    or clean; eps and step_size in [0, 1] pixel space; step_size None takes each attack's usual step:
-    1.25 eps for fgsm_rs (Wong et al.), eps / 4 for pgd and trades. reuse: "int8" or "bf16" starts each
+    """The training attack. kind: pgd (Madry), fgsm_rs (Wong et al.), n_fgsm (de Jorge et al.: noise of 2 eps,
+    no projection), trades (Zhang et al., with beta) or clean; eps and step_size in [0, 1] pixel space;
+    step_size None takes each attack's usual step: 1.25 eps for fgsm_rs (Wong et al.), eps for n_fgsm,
+    eps / 4 for pgd and trades. reuse: "int8" or "bf16" starts each
     sample's attack from its perturbation of the last epoch (ATTA; train/perturbation_memory.py, stored
     so), each sample drawing a fresh random start instead with probability reuse_refresh per epoch.
     eps_warmup: the training attack's eps and step ramp linearly from 0 over the first eps_warmup epochs
@@ -48,19 +51,22 @@ class AttackConfig:
             raise ValueError(f"attack must be one of {OBJECTIVES}, got {self.kind!r}")
         if self.norm not in NORMS:
             raise ValueError(f'norm must be "linf" or "l2", got {self.norm!r}')
-        if self.kind == "fgsm_rs" and self.norm != "linf":
-            raise ValueError("fgsm_rs is an linf attack: train l2 models with pgd or trades")
+        if self.kind in SINGLE_STEP and self.norm != "linf":
+            raise ValueError(f"{self.kind} is an linf attack: train l2 models with pgd or trades")
         _positive_number("eps", self.eps)
         check_pixel_eps("AttackConfig", self.eps, self.norm)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
         if self.step_size is None:
-            object.__setattr__(self, "step_size", 1.25 * self.eps if self.kind == "fgsm_rs" else self.eps / 4)
+            usual = {"fgsm_rs": 1.25 * self.eps, "n_fgsm": self.eps}
+            object.__setattr__(self, "step_size", usual.get(self.kind, self.eps / 4))
         _positive_number("step_size", self.step_size)
         if self.reuse not in (*REUSE_STORAGES, None):
             raise ValueError(f"reuse must be one of {REUSE_STORAGES} or None, got {self.reuse!r}")
         if self.reuse is not None and self.kind == "clean":
             raise ValueError("reuse keeps each sample's adversarial perturbation: clean training has none")
+        if self.reuse is not None and self.kind == "n_fgsm":
+            raise ValueError("n_fgsm starts from fresh noise by design (and leaves the eps ball): reuse has no start")
         if not isinstance(self.reuse_refresh, (int, float)) or not 0 <= self.reuse_refresh <= 1:
             raise ValueError(f"reuse_refresh must be a probability in [0, 1], got {self.reuse_refresh!r}")
         _positive_number("eps_warmup", self.eps_warmup)
@@ -75,8 +81,9 @@ class AttackConfig:
 
     def safer(self) -> tuple[AttackConfig, str]:
         """The setting the overfitting guard switches to after a collapse, and what it did."""
-        if self.kind == "fgsm_rs":
-            return replace(self, kind="pgd", steps=2, step_size=self.eps / 2), "switched from FGSM-RS to PGD-2"
+        if self.kind in SINGLE_STEP:
+            safer = replace(self, kind="pgd", steps=2, step_size=self.eps / 2)
+            return safer, f"switched from {SINGLE_STEP_NAMES[self.kind]} to PGD-2"
         halved = replace(self, step_size=self.step_size / 2)
         return halved, f"halved the attack step to {halved.step_size:.5g}"
 

@@ -17,9 +17,10 @@ from advprune.train.config import AttackConfig
 
 
 def _scoring_attack(attack: AttackConfig) -> dict:
-    """score_pass's attack options for the training attack: FGSM-RS for fgsm_rs, PGD with the same eps,
-    steps and step size for pgd and trades (TRADES' KL attack scored by the cross-entropy one)."""
-    if attack.kind == "fgsm_rs":
+    """score_pass's attack options for the training attack: FGSM-RS for fgsm_rs and n_fgsm (within the eps
+    ball: the loss there ranks the samples), PGD with the same eps, steps and step size for pgd and trades
+    (TRADES' KL attack scored by the cross-entropy one)."""
+    if attack.kind in ("fgsm_rs", "n_fgsm"):
         return {"attack": "fgsm", "eps": attack.eps, "step_size": attack.step_size}
     if attack.kind == "clean":
         raise ValueError("clean training has no attack to score adversarial examples with: rank by a clean score")

@@ -33,6 +33,21 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf: the run stopped, its last good checkpoint is kept."""
 
 
+def craft(a: AttackConfig, forward: Callable, x, y, eps: float, step_size: float, generator, start) -> torch.Tensor:
+    """The examples of attack `a` (its kind, norm and steps) at this eps and step size; clean: x itself."""
+    if a.kind == "pgd":
+        return attacks.pgd(forward, x, y, eps=eps, step_size=step_size, steps=a.steps, norm=a.norm,
+                           generator=generator, start=start)  # fmt: skip
+    if a.kind == "fgsm_rs":
+        return attacks.fgsm_rs(forward, x, y, eps=eps, step_size=step_size, generator=generator, start=start)
+    if a.kind == "n_fgsm":
+        return attacks.n_fgsm(forward, x, y, eps=eps, step_size=step_size, generator=generator)
+    if a.kind == "trades":
+        return attacks.trades_perturb(forward, x, eps=eps, step_size=step_size, steps=a.steps, generator=generator,
+                                      start=start)  # fmt: skip
+    return x
+
+
 class AdversarialStep:
     """The attack and the optimiser step of one batch. attack_forward: the model (or its compiled form) for
     the attack and for TRADES' clean logits; train_forward: what the update's forward goes through (the
@@ -96,19 +111,9 @@ class AdversarialStep:
     ) -> torch.Tensor:
         """The training attack's examples of (x, y), crafted with the model in eval mode for pgd and trades,
         from `start` (perturbation memory) or the attack's random start, at the strength of the eps warm-up."""
-        a, forward = self.attack, self.attack_forward
-        eps, step_size = a.strength_at(self.progress)
+        eps, step_size = self.attack.strength_at(self.progress)
         with self.autocast():
-            if a.kind == "pgd":
-                return attacks.pgd(forward, x, y, eps=eps, step_size=step_size, steps=a.steps, norm=a.norm,
-                                   generator=generator, start=start)  # fmt: skip
-            if a.kind == "fgsm_rs":
-                return attacks.fgsm_rs(forward, x, y, eps=eps, step_size=step_size, generator=generator,
-                                       start=start)  # fmt: skip
-            if a.kind == "trades":
-                return attacks.trades_perturb(forward, x, eps=eps, step_size=step_size, steps=a.steps,
-                                              generator=generator, start=start)  # fmt: skip
-        return x
+            return craft(self.attack, self.attack_forward, x, y, eps, step_size, generator, start)
 
     def random_start(self, x: torch.Tensor, generator: attacks.Randomness) -> torch.Tensor:
         """The attack's own first iterate (what a sample without a remembered perturbation starts from)."""
