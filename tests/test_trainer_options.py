@@ -63,6 +63,10 @@ def test_n_fgsm_is_linf_fresh_noise_and_falls_back_to_pgd2():
         AttackConfig("n_fgsm", eps=0.1, reuse="int8")
     safer, event = AttackConfig("n_fgsm", eps=0.1).safer()
     assert (safer.kind, safer.steps, event) == ("pgd", 2, "switched from N-FGSM to PGD-2")
+    from advprune.train.scoring import _scoring_attack
+
+    # a scoring pass ranks samples by their loss within the eps ball: FGSM-RS there, N-FGSM's step
+    assert _scoring_attack(AttackConfig("n_fgsm", eps=0.1)) == {"attack": "fgsm", "eps": 0.1, "step_size": 0.1}
 
 
 def test_amp_auto_takes_bfloat16_only_where_the_gpu_computes_it(monkeypatch):
