@@ -33,7 +33,16 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf: the run stopped, its last good checkpoint is kept."""
 
 
-def craft(a: AttackConfig, forward: Callable, x, y, eps: float, step_size: float, generator, start) -> torch.Tensor:
+def craft(
+    a: AttackConfig,
+    forward: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step_size: float,
+    generator: attacks.Randomness,
+    start: torch.Tensor | None,
+) -> torch.Tensor:
     """The examples of attack `a` (its kind, norm and steps) at this eps and step size; clean: x itself."""
     if a.kind == "pgd":
         return attacks.pgd(forward, x, y, eps=eps, step_size=step_size, steps=a.steps, norm=a.norm,
