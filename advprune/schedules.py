@@ -12,6 +12,12 @@ import torch
 SCHEDULES = ("piecewise", "cosine", "onecycle", "constant")
 
 
+def progress_in_epochs(epoch: int, step: int, steps_in_epoch: int | None) -> float:
+    """Training progress in epochs at step `step` of `epoch`: epoch + step / steps_in_epoch; data of unknown
+    length (steps_in_epoch None) stay at the epoch's start. The learning rate and the eps warm-up follow it."""
+    return epoch + step / steps_in_epoch if steps_in_epoch else float(epoch)
+
+
 class LRSchedule:
     """lr(t) for t in [0, epochs]:
 
@@ -64,8 +70,7 @@ class LRSchedule:
         rate (its lr when first scheduled, kept in the group as "initial_lr") times factor(t), so that groups
         with different rates keep their ratios. steps_in_epoch None (data of unknown length): the rate stays
         at the epoch's start value through the epoch. Returns group 0's rate."""
-        t = epoch + step / steps_in_epoch if steps_in_epoch else float(epoch)
-        factor = self.factor(t)
+        factor = self.factor(progress_in_epochs(epoch, step, steps_in_epoch))
         for group in optimizer.param_groups:
             group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
         return optimizer.param_groups[0]["lr"]

@@ -12,6 +12,7 @@ import torch
 
 from advprune.data.augmentation import Augmentation
 from advprune.ids import KeyedNoise, epoch_generator
+from advprune.schedules import progress_in_epochs
 from advprune.train.batches import check_batch_values, loader_batch_size, subset_control, unpack_batch
 from advprune.train.scoring import run_scoring_pass
 
@@ -100,7 +101,7 @@ def run_epoch(trainer: Trainer, train: Iterable, epoch: int) -> dict:
             check_batch_values(t.model, x, y)
         timing["data"] += time.perf_counter() - tick
         lr = t.schedule.apply(t.optimizer, epoch, steps - 1, steps_in_epoch)
-        t.step.progress = epoch + (steps - 1) / steps_in_epoch if steps_in_epoch else float(epoch)
+        t.step.progress = progress_in_epochs(epoch, steps - 1, steps_in_epoch)
         weights = t.pruner.weights(ids) if t.pruner is not None else None
         augmentation = _augmentation(t, train, x, subset)
         per_sample, logits = t.step(

@@ -13,14 +13,14 @@ from advprune.ids import epoch_generator
 from advprune.pruning.protocol import ScoringRequest
 from advprune.scores import score_pass
 from advprune.train.batches import SubsetControl, unpack_batch
-from advprune.train.config import AttackConfig
+from advprune.train.config import SINGLE_STEP, AttackConfig
 
 
 def _scoring_attack(attack: AttackConfig) -> dict:
     """score_pass's attack options for the training attack: FGSM-RS for fgsm_rs and n_fgsm (within the eps
     ball: the loss there ranks the samples), PGD with the same eps, steps and step size for pgd and trades
     (TRADES' KL attack scored by the cross-entropy one)."""
-    if attack.kind in ("fgsm_rs", "n_fgsm"):
+    if attack.kind in SINGLE_STEP:
         return {"attack": "fgsm", "eps": attack.eps, "step_size": attack.step_size}
     if attack.kind == "clean":
         raise ValueError("clean training has no attack to score adversarial examples with: rank by a clean score")
