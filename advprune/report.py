@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from advprune._deps import require
 from advprune._files import readable_records
+from advprune.machine import machine_kind
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
 METRICS = ("clean_acc", "pgd_acc", "autoattack_acc", "total_s")
@@ -28,6 +29,24 @@ def final_rows(sweep: Path, results: list[dict]) -> list[dict]:
     so that its AutoAttack and clean accuracy replace the grid's and the rest (PGD, wall time) stays."""
     by_run = {line["run"]: line for line in results}
     return [{**by_run[f["run"]], **f} for f in load_results(sweep, "final.jsonl") if f["run"] in by_run]
+
+
+def one_machine_rows(results: list[dict], machine: str | None, where: str) -> list[dict]:
+    """The rows of one kind of machine: all of them where they share one, else those of the kind whose name
+    contains machine; ValueError naming each kind and its row count where that does not pick exactly one."""
+    kinds = Counter(machine_kind(line.get("machine")) for line in results)
+    listing = "; ".join(f"{kind} ({count} rows)" for kind, count in kinds.items())
+    if machine is None:
+        if len(kinds) > 1:
+            raise ValueError(
+                f"{where} holds rows timed on {len(kinds)} kinds of machine, whose wall times do not compare: "
+                f"{listing}. Pass --machine TEXT (a part of one kind's name) to report one"
+            )
+        return results
+    chosen = [kind for kind in kinds if machine.lower() in kind.lower()]
+    if len(chosen) != 1:
+        raise ValueError(f"--machine {machine!r} matches {len(chosen)} of the kinds in {where}: {listing}")
+    return [line for line in results if machine_kind(line.get("machine")) == chosen[0]]
 
 
 def group_rows(results: list[dict]) -> dict[tuple[str, float], list[dict]]:
@@ -121,12 +140,14 @@ def markdown_table(results: list[dict]) -> str:
         cells.append(_wall_comparison(cmp))
         lines.append("| " + " | ".join(cells) + " |")
     first = results[0] if results else {}
+    versions = sorted({line["machine"]["torch"] for line in results if "torch" in (line.get("machine") or {})})
+    timed = f"Timed on {machine_kind(first.get('machine'))}" + (f", torch {', '.join(versions)}" if versions else "")
     note = (
         f"\nAccuracy on the first {first.get('test_n', '?')} test images; PGD-{first.get('pgd_steps', '?')} and "
         f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p; \"on "
         "random's curve\": against random pruning's accuracy interpolated at the strategy's wall time. Wall: "
         "training, validation and scoring, with its share of the full-data run's; * a run resumed after an "
-        "interruption (the interrupted call's seconds are lost: its wall time undercounts)."
+        f"interruption (the interrupted call's seconds are lost: its wall time undercounts). {timed}."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 
@@ -185,7 +206,10 @@ def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         written.append(_save(fig, sweep / f"{name}.png"))
-    runs = [p for p in sorted((sweep / "runs").glob("*-seed0")) if epoch_records(read_run_metrics(p))]
+    names = {line["run"] for line in results}
+    runs = [
+        p for p in sorted((sweep / "runs").glob("*-seed0")) if p.name in names and epoch_records(read_run_metrics(p))
+    ]
     if runs:  # a sweep's results without its run folders (a copy of results.jsonl) has no epochs to plot
         written.append(plot_epochs(runs, sweep / "epochs.png"))
     return written
@@ -242,13 +266,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def report(folder: str | Path) -> tuple[str, list[Path]]:
-    """The Markdown report and the plots of a sweep folder (results.jsonl) or of one run folder."""
+def report(folder: str | Path, machine: str | None = None) -> tuple[str, list[Path]]:
+    """The Markdown report and the plots of a sweep folder (results.jsonl; its rows of one kind of machine) or
+    of one run folder."""
     folder = Path(folder)
     if (folder / "results.jsonl").exists():
         results = load_results(folder)
         if not results:
             raise ValueError(f"{folder}/results.jsonl holds no finished run yet")
+        results = one_machine_rows(results, machine, f"{folder}/results.jsonl")
         text = "# Sweep report\n\n" + markdown_table(results)
         final = final_rows(folder, results)
         if final:

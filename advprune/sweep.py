@@ -35,7 +35,8 @@ from pathlib import Path
 from advprune._deps import load_toml
 from advprune._files import readable_records, write_bytes_atomic
 from advprune.cli.parser import DEFAULT_EPOCHS
-from advprune.sweep_check import check_sweep_options
+from advprune.machine import one_machine
+from advprune.sweep_check import check_same_machine, check_sweep_options
 from advprune.train.folder_lock import held
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
@@ -273,14 +274,26 @@ def result_line(run: GridRun, folder: Path, pgd: dict, autoattack: dict, seconds
         "eval_s": seconds["eval"],
         "total_s": seconds["train"],
         "resumed": bool(seconds.get("resumed", False)),
+        "machine": trained_on(records),
     }
 
 
+def trained_on(records: list[dict]) -> dict | None:
+    """The machine a run trained on, from the machine records of its fresh start and of each resume."""
+    return one_machine([r["machine"] for r in records if r.get("phase") in ("setup", "resume") and "machine" in r])
+
+
 def run_sweep(
-    config: dict, out: str | Path, log=print, only: list[str] | None = None, final: bool = True
+    config: dict,
+    out: str | Path,
+    log=print,
+    only: list[str] | None = None,
+    final: bool = True,
+    mixed_machines: bool = False,
 ) -> list[dict]:
     """Runs every grid run (of those matching only) not yet in out/results.jsonl nor claimed by another sweep
-    process, then (unless final is False) the [final] table's evaluations; returns the result lines so far."""
+    process, then (unless final is False) the [final] table's evaluations; returns the result lines so far.
+    Refuses a folder whose rows were timed on another kind of machine unless mixed_machines."""
     out = Path(out)
     grid = grid_runs(config["grid"])
     runs = select_runs(grid, only)
@@ -288,6 +301,9 @@ def run_sweep(
         [(run.name, train_argv(run, config["train"], out / "runs" / run.name)) for run in grid],
         {table: config[table].get("autoattack_stages", "standard") for table in ("eval", "final") if table in config},
     )
+    if not mixed_machines:
+        rows = list(_results(out).values()) if out.exists() else []
+        check_same_machine(str(out), rows, config["train"].get("device"))
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / "sweep.json", json.dumps(config, indent=1).encode())
     for run in runs:

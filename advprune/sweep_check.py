@@ -45,3 +45,20 @@ def check_sweep_options(runs: list[tuple[str, list[str]]], stages: dict[str, str
         check_stages(table, names)
     for run, argv in runs:
         check_train_arguments(run, argv)
+
+
+def check_same_machine(folder: str, rows: list[dict], device: str | None) -> None:
+    """UsageError when a sweep folder's finished rows were timed on another kind of machine than this one (rows
+    that recorded none are not judged): their wall times, and where `amp="auto"` picks another precision their
+    accuracies, would not compare with this machine's."""
+    from advprune.cli.common import resolve_device
+    from advprune.machine import machine_kind, machine_record
+
+    here = machine_kind(machine_record(str(resolve_device(device))))
+    others = sorted({machine_kind(row.get("machine")) for row in rows} - {here, machine_kind(None)})
+    if others:
+        raise UsageError(
+            f"{folder}/results.jsonl holds rows timed on {'; '.join(others)}, and this machine is {here}: their wall "
+            "times (and, where amp='auto' picks another precision, their accuracies) do not compare. Sweep into "
+            "another --out, or pass --mixed-machines (advprune report then reports one machine at a time)"
+        )

@@ -14,6 +14,7 @@ import torch
 from advprune.cli import main
 from advprune.data import make_loader, read_cifar
 from advprune.data.readers import FASHION_MNIST_DIR
+from advprune.machine import machine_kind, machine_record
 from tests.test_data import write_cifar
 
 
@@ -296,6 +297,7 @@ def test_train_and_eval_tune_malloc_unless_told_not_to(tmp_path, capsys, monkeyp
     assert calls == ([] if default_malloc else ["train", "eval"])
     setup = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert setup["phase"] == "setup" and setup["default_malloc"] is default_malloc
+    assert machine_kind(setup["machine"]) == machine_kind(machine_record("cpu"))  # where its times were taken
     # the attack as the Trainer took it: the default step size filled in
     attack = {"kind": "pgd", "eps": 0.1, "steps": 1, "norm": "linf", "step_size": 0.025, "reuse": None, "eps_warmup": 0}
     assert setup["attack"] == attack

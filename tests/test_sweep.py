@@ -12,6 +12,7 @@ import pytest
 
 from advprune.cli import UsageError, main, parse
 from advprune.data.readers import FASHION_MNIST_DIR
+from advprune.machine import machine_kind, machine_record
 from advprune.report import (
     _random_groups,
     comparison,
@@ -23,6 +24,7 @@ from advprune.report import (
     welch_p,
 )
 from advprune.sweep import PRESETS, grid_runs, load_sweep, run_sweep, select_runs
+from advprune.sweep_check import check_same_machine
 
 pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
 
@@ -74,6 +76,43 @@ def test_every_run_has_one_results_line(sweep):
     assert full["samples"] == 2 * 320 and pruned["samples"] == 2 * 160  # 384 - 64 held out; half of them
     low_high = next(r for r in lines if r["spec"] == "low+high:0.5")
     assert low_high["scoring_s"] > 0  # the in-run scoring pass, counted apart from training
+
+
+OTHER_MACHINE = {"cpu": "Another CPU", "cpu_family": 6, "cpu_model": 143, "avx512_bf16": True, "torch": "2.11.0"}
+
+
+def test_every_line_records_the_machine_its_run_trained_on(sweep):
+    _, results = sweep
+    here = machine_kind(machine_record("cpu"))
+    assert [machine_kind(line["machine"]) for line in results] == [here] * len(results)
+
+
+def test_a_sweep_refuses_a_folder_timed_on_another_machine_before_anything_runs(tmp_path, sweep):
+    _, results = sweep
+    elsewhere = [{**r, "machine": OTHER_MACHINE} for r in results[:2]]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in elsewhere))
+    other = re.escape(machine_kind(OTHER_MACHINE))
+    with pytest.raises(UsageError, match=rf"holds rows timed on {other}, and this machine is .*--mixed-machines"):
+        run_sweep(CONFIG, tmp_path, log=lambda _line: None)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep.json").exists()
+    check_same_machine(str(tmp_path), [*results, {"run": "from before machines were recorded"}], "cpu")
+    assert parse(["sweep", "x.toml", "--mixed-machines"]).mixed_machines is True
+
+
+def test_a_report_of_two_machines_rows_names_both_and_reports_one_at_a_time(tmp_path, sweep, capsys):
+    _, results = sweep
+    others = [{**r, "run": r["run"] + "-elsewhere", "machine": OTHER_MACHINE} for r in results[:3]]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*results, *others]))
+    here, other = machine_kind(results[0]["machine"]), machine_kind(OTHER_MACHINE)
+    listing = re.escape(f"{here} ({len(results)} rows); {other} (3 rows)")
+    with pytest.raises(ValueError, match=rf"holds rows timed on 2 kinds of machine, .*: {listing}\. Pass --machine"):
+        report(tmp_path)
+    text, _ = report(tmp_path, machine="FAMILY 6, model 143")
+    assert f"Timed on {other}, torch 2.11.0." in text and here not in text
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 2 + len({r["spec"] for r in others})
+    assert main(["report", str(tmp_path), "--machine", "no such machine"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--machine 'no such machine' matches 0 of the kinds" in err and len(err.splitlines()) == 1
 
 
 def test_a_sweep_never_redoes_a_finished_step(sweep):

@@ -208,6 +208,9 @@ def test_sigkill_mid_epoch_resumes_from_an_intact_checkpoint(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r["epoch"] for r in records if "epoch" in r]
     assert epochs == list(range(6))  # each epoch recorded once: the killed one ran again from its start
+    calls = [r for r in records if r.get("phase") in ("setup", "resume")]  # each call says where it trained
+    assert [r["phase"] for r in calls] == ["setup", "resume"]
+    assert all(r["machine"]["torch"] == torch.__version__ and r["machine"]["cpu"] for r in calls)
 
 
 def test_compiled_model_trains_as_the_eager_one(tmp_path, fashion):

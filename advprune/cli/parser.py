@@ -243,10 +243,22 @@ def _sweep_parsers(commands) -> None:
         action="store_true",
         help="leave the [final] table's evaluations for a later sweep (the grid's cores stay on the grid)",
     )
+    s.add_argument(
+        "--mixed-machines",
+        action="store_true",
+        help="add this machine's rows to a folder whose rows were timed on another kind of machine (refused "
+        "by default: their wall times do not compare)",
+    )
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(run=sweep_command)
     r = commands.add_parser("report", help="a sweep's (or a run's) table and plots: report.md and PNGs")
     r.add_argument("folder", help="a sweep folder (results.jsonl) or a run folder (metrics.jsonl)")
+    r.add_argument(
+        "--machine",
+        default=None,
+        help="report only the rows timed on the machine kind whose name contains this text ('model 17'); "
+        "needed where a sweep folder holds rows of several kinds",
+    )
     r.set_defaults(run=report_command)
 
 

@@ -12,13 +12,15 @@ def sweep_command(args: argparse.Namespace) -> None:
     config = load_sweep(args.sweep_config)
     out = Path(args.out or f"sweeps/{Path(args.sweep_config).stem}")
     log = (lambda _line: None) if args.quiet else print
-    results = run_sweep(config, out, log=log, only=args.only, final=not args.no_final)
+    results = run_sweep(
+        config, out, log=log, only=args.only, final=not args.no_final, mixed_machines=args.mixed_machines
+    )
     print(f"{len(results)} runs finished in {out}/results.jsonl; advprune report {out} makes the table and plots")
 
 
 def report_command(args: argparse.Namespace) -> None:
     from advprune.report import report
 
-    text, plots = report(args.folder)
+    text, plots = report(args.folder, machine=args.machine)
     print(text)
     print(f"wrote {Path(args.folder) / 'report.md'} and {', '.join(str(p) for p in plots)}")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from advprune.cli.common import UsageError, tensors
 from advprune.cli.factory import RunFactory, check_training_options, training_data
+from advprune.machine import machine_record
 
 if TYPE_CHECKING:
     from advprune.train import AttackConfig
@@ -110,6 +111,7 @@ def _setup_record(factory: RunFactory, args: argparse.Namespace, test_size: int,
         "weight_decay": args.weight_decay,
         "augment": args.augment,
         "default_malloc": args.default_malloc,  # False: on the CPU the Trainer tuned malloc (timings differ)
+        "machine": machine_record(factory.device),
     }
 
 
@@ -157,7 +159,9 @@ def _train(args: argparse.Namespace, out: Path, factory: RunFactory, test, start
         trackers=[forgetting],
     )
     trainer.folder.open(resume=args.resume)  # cleans up after a killed run; a fresh run sets an old log aside
-    if not args.resume:
+    if args.resume:  # where each call trained: a run resumed on another kind of machine has mixed timings
+        trainer.log({"phase": "resume", "machine": machine_record(factory.device)})
+    else:
         trainer.log(_setup_record(factory, args, len(test), trainer.attack))
         if world.is_main:
             save_indices(out / "val_ids.npy", factory.val_ids)
