@@ -141,7 +141,8 @@ def markdown_table(results: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     first = results[0] if results else {}
     versions = sorted({line["machine"]["torch"] for line in results if "torch" in (line.get("machine") or {})})
-    timed = f"Timed on {machine_kind(first.get('machine'))}" + (f", torch {', '.join(versions)}" if versions else "")
+    timed = f"Timed on {machine_kind(first['machine'])}" if first.get("machine") else "The machine was not recorded"
+    timed += f", torch {', '.join(versions)}" if versions else ""
     note = (
         f"\nAccuracy on the first {first.get('test_n', '?')} test images; PGD-{first.get('pgd_steps', '?')} and "
         f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p; \"on "

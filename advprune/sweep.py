@@ -2,7 +2,8 @@
 folder under the sweep folder, resumable at every step: a finished run is never redone, an interrupted
 one resumes from its checkpoint, an evaluation already written is kept. Each finished run appends one
 line to results.jsonl: clean, PGD-50 and AutoAttack accuracy (or the named cheaper stages), epochs,
-samples trained, and the wall time split into training, scoring and evaluation.
+samples trained, the wall time split into training, scoring and evaluation, and the machine the run
+trained on (a folder's rows stay on one kind of machine unless mixed_machines: timings do not compare).
 
 A sweep config (TOML) has three tables:
 

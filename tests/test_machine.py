@@ -44,7 +44,8 @@ def test_the_kind_tells_apart_what_changes_timings_and_ignores_what_does_not():
     assert machine_kind(ZEN4) == "AMD EPYC (family 25, model 17), avx512_bf16"
     assert machine_kind(ZEN3) == "AMD EPYC (family 25, model 1), no avx512_bf16"
     assert machine_kind({**ZEN4, "torch": "2.11.0", "cpus": 16}) == machine_kind(ZEN4)
-    assert machine_kind({**ZEN4, "gpu": "NVIDIA H200"}) == machine_kind({**ZEN3, "gpu": "NVIDIA H200"}) == "GPU NVIDIA H200"
+    on_gpu = {machine_kind({**cpu, "gpu": "NVIDIA H200"}) for cpu in (ZEN3, ZEN4)}  # the GPU decides, not its host
+    assert on_gpu == {"GPU NVIDIA H200"}
     assert machine_kind(None) == machine_kind({}) == "machine not recorded"
 
 

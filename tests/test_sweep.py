@@ -109,6 +109,8 @@ def test_a_report_of_two_machines_rows_names_both_and_reports_one_at_a_time(tmp_
         report(tmp_path)
     text, _ = report(tmp_path, machine="FAMILY 6, model 143")
     assert f"Timed on {other}, torch 2.11.0." in text and here not in text
+    unrecorded = [{k: v for k, v in r.items() if k != "machine"} for r in results]
+    assert "The machine was not recorded." in markdown_table(unrecorded)
     assert sum(line.startswith("| ") for line in text.splitlines()) == 2 + len({r["spec"] for r in others})
     assert main(["report", str(tmp_path), "--machine", "no such machine"]) == 2
     err = capsys.readouterr().err.strip()
