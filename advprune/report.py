@@ -283,6 +283,8 @@ def report(folder: str | Path, machine: str | None = None) -> tuple[str, list[Pa
             text += markdown_table(final)
         plots = plot_sweep(results, folder)
     elif (folder / "metrics.jsonl").exists():
+        if machine is not None:
+            raise ValueError(f"--machine picks rows of a sweep folder; {folder} is one run's folder (metrics.jsonl)")
         text = f"# Run {folder.name}\n"
         plots = [plot_epochs([folder], folder / "epochs.png")]
     else:
