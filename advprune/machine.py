@@ -38,13 +38,20 @@ def _int_or_none(value: str | None) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
+def cpu_info() -> dict:
+    """This machine's CPU as parse_cpuinfo reads it (unknowns where /proc/cpuinfo cannot be read)."""
+    try:
+        return parse_cpuinfo(CPUINFO.read_text(errors="replace"))
+    except OSError:
+        return parse_cpuinfo("")
+
+
 def machine_record(device: str | None = "cpu") -> dict:
     """This machine as a run records it; device is the run's ("cuda", "cuda:1", "cpu"): a GPU's name only when
     the run trains on it."""
     import torch
 
-    text = CPUINFO.read_text(errors="replace") if CPUINFO.exists() else ""
-    record = parse_cpuinfo(text)
+    record = cpu_info()
     record["cpus"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     record["torch"] = torch.__version__
     if device is not None and str(device).startswith("cuda"):

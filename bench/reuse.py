@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
+from advprune.machine import cpu_info
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
 
@@ -120,12 +120,7 @@ def machine_name() -> str:
     precision = "bfloat16" if resolve_amp("auto", device) == torch.bfloat16 else "float32"
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name()}, {precision}, torch {torch.__version__}"
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
-    return f"{name or platform.processor() or platform.machine()}, {precision}, {torch.get_num_threads()} threads"
+    return f"{cpu_info()['cpu']}, {precision}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

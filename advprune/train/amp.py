@@ -3,20 +3,16 @@ computes it natively (emulated bfloat16 is slower than float32, not faster)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from advprune.machine import cpu_info
 from advprune.train.config import AMP_MODES
 
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: CPUs that compute bfloat16 natively."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    cpu = cpu_info()
+    return cpu["avx512_bf16"] or cpu["amx_bf16"]
 
 
 def cuda_has_native_bf16(device: torch.device) -> bool:
