@@ -3,7 +3,9 @@ folder under the sweep folder, resumable at every step: a finished run is never 
 one resumes from its checkpoint, an evaluation already written is kept. Each finished run appends one
 line to results.jsonl: clean, PGD-50 and AutoAttack accuracy (or the named cheaper stages), epochs,
 samples trained, the wall time split into training, scoring and evaluation, and the machine the run
-trained on (a folder's rows stay on one kind of machine unless mixed_machines: timings do not compare).
+trained on (a folder's rows stay on one kind of machine unless mixed_machines: timings do not compare). A
+folder keeps the config its rows were made with (sweep.json): another [train] or [eval], or a finished run's
+name given to another grid entry, is refused unless mixed_configs; new specs, fractions and seeds are welcome.
 
 A sweep config (TOML) has three tables:
 
@@ -35,9 +37,10 @@ from pathlib import Path
 
 from advprune._deps import load_toml
 from advprune._files import readable_records, write_bytes_atomic
+from advprune.cli.common import UsageError
 from advprune.cli.parser import DEFAULT_EPOCHS
 from advprune.machine import one_machine
-from advprune.sweep_check import check_same_machine, check_sweep_options
+from advprune.sweep_check import check_same_config, check_same_machine, check_sweep_options
 from advprune.train.folder_lock import held
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
@@ -291,10 +294,12 @@ def run_sweep(
     only: list[str] | None = None,
     final: bool = True,
     mixed_machines: bool = False,
+    mixed_configs: bool = False,
 ) -> list[dict]:
     """Runs every grid run (of those matching only) not yet in out/results.jsonl nor claimed by another sweep
     process, then (unless final is False) the [final] table's evaluations; returns the result lines so far.
-    Refuses a folder whose rows were timed on another kind of machine unless mixed_machines."""
+    Refuses a folder whose rows were timed on another kind of machine unless mixed_machines, and one whose rows
+    were made with other [train] or [eval] settings (its sweep.json) unless mixed_configs."""
     out = Path(out)
     grid = grid_runs(config["grid"])
     runs = select_runs(grid, only)
@@ -305,6 +310,9 @@ def run_sweep(
     if not mixed_machines:
         rows = list(_results(out).values()) if out.exists() else []
         check_same_machine(str(out), rows, config["train"].get("device"))
+    if not mixed_configs:
+        finished = set(_results(out)) if out.exists() else set()
+        check_same_config(str(out), _previous_config(out), config, finished)
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / "sweep.json", json.dumps(config, indent=1).encode())
     for run in runs:
@@ -324,6 +332,17 @@ def run_sweep(
     if final and "final" in config:
         _final_evaluations(config, out, runs, log)
     return list(_results(out).values())
+
+
+def _previous_config(out: Path) -> dict | None:
+    """The config the folder's last sweep ran with (its sweep.json), None where there is none."""
+    file = out / "sweep.json"
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{file} is not readable JSON ({exc}): move it aside to sweep into this folder") from None
 
 
 def _final_evaluations(config: dict, out: Path, runs: list[GridRun], log) -> None:

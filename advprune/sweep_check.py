@@ -62,3 +62,55 @@ def check_same_machine(folder: str, rows: list[dict], device: str | None) -> Non
             "times (and, where amp='auto' picks another precision, their accuracies) do not compare. Sweep into "
             "another --out, or pass --mixed-machines (advprune report then reports one machine at a time)"
         )
+
+
+def check_same_config(folder: str, old: dict | None, new: dict, finished: set[str]) -> None:
+    """UsageError when a sweep folder's finished rows (run names) were made with other [train] or [eval] settings
+    than `new` (its sweep.json is `old`), or when a finished run's name now stands for another run of the grid:
+    the table would mix settings under one name. New specs, fractions and seeds, [final], and where the data lives
+    may change."""
+    if old is None or not finished:
+        return
+    changes = _table_changes(old, new, "train", ignored={"data_dir"}) + _table_changes(old, new, "eval")
+    changes += _redefined_runs(old["grid"], new["grid"], finished)
+    if changes:
+        raise UsageError(
+            f"{folder}/sweep.json differs from this config where its {len(finished)} finished rows would not "
+            f"compare: {'; '.join(changes)}. Sweep into another --out, or pass --mixed-configs if the change "
+            "alters nothing a run computes or times"
+        )
+
+
+def _table_changes(old: dict, new: dict, table: str, ignored: frozenset | set = frozenset()) -> list[str]:
+    """ "[table] key: old -> new" for each option that differs ("unset" where a side lacks it)."""
+    before, after = old.get(table, {}), new.get(table, {})
+    keys = sorted((set(before) | set(after)) - set(ignored))
+    return [
+        f"[{table}] {key}: {_shown(before, key)} -> {_shown(after, key)}"
+        for key in keys
+        if before.get(key, _UNSET) != after.get(key, _UNSET)
+    ]
+
+
+_UNSET = object()
+
+
+def _shown(options: dict, key: str) -> str:
+    return repr(options[key]) if key in options else "unset"
+
+
+def _redefined_runs(old_grid: dict, new_grid: dict, finished: set[str]) -> list[str]:
+    """ "run NAME: ... -> ..." for each finished run whose grid entry (prune spec, own train options) changed."""
+    from advprune.sweep import grid_runs
+
+    before = {run.name: run for run in grid_runs(old_grid)}
+    return [
+        f"run {run.name}: {_described(before[run.name])} -> {_described(run)}"
+        for run in grid_runs(new_grid)
+        if run.name in finished and run.name in before and _described(before[run.name]) != _described(run)
+    ]
+
+
+def _described(run) -> str:
+    """A grid run's prune spec and own train options (its name holds its seed; fraction is the spec's)."""
+    return f"prune {run.spec or 'none'}" + (f" with {dict(run.train)}" if run.train else "")

@@ -24,7 +24,7 @@ from advprune.report import (
     welch_p,
 )
 from advprune.sweep import PRESETS, grid_runs, load_sweep, run_sweep, select_runs
-from advprune.sweep_check import check_same_machine
+from advprune.sweep_check import check_same_config, check_same_machine
 
 pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist is missing")
 
@@ -97,6 +97,50 @@ def test_a_sweep_refuses_a_folder_timed_on_another_machine_before_anything_runs(
     assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep.json").exists()
     check_same_machine(str(tmp_path), [*results, {"run": "from before machines were recorded"}], "cpu")
     assert parse(["sweep", "x.toml", "--mixed-machines"]).mixed_machines is True
+
+
+def test_a_sweep_refuses_a_folder_made_with_other_settings_before_anything_runs(tmp_path, sweep):
+    out, results = sweep
+    (tmp_path / "results.jsonl").write_text(json.dumps(results[0]) + "\n")
+    (tmp_path / "sweep.json").write_text((out / "sweep.json").read_text())
+    longer = {**CONFIG, "train": {**CONFIG["train"], "epochs": 3}}
+    with pytest.raises(
+        UsageError, match=r"1 finished rows would not compare: \[train\] epochs: 2 -> 3\..*--mixed-configs"
+    ):
+        run_sweep(longer, tmp_path, log=lambda _line: None)
+    assert not (tmp_path / "runs").exists() and json.loads((tmp_path / "sweep.json").read_text()) == CONFIG
+    assert parse(["sweep", "x.toml", "--mixed-configs"]).mixed_configs is True
+
+
+def test_a_folder_takes_new_runs_but_not_new_meanings_for_finished_ones():
+    finished = {"full-seed0", "random-0.5-seed0", "low_high-0.5-seed0"}
+    grown = {
+        **CONFIG,
+        "train": {**CONFIG["train"], "data_dir": "/elsewhere"},
+        "grid": {**CONFIG["grid"], "specs": [*CONFIG["grid"]["specs"], "dynamic:0.5"], "seeds": [0, 1, 2]},
+        "final": {"runs": ["full-*"]},
+    }
+    check_same_config("f", CONFIG, grown, finished)  # more runs, the data moved, a [final] table: welcome
+    check_same_config("f", grown, grown, finished | {"dynamic-0.5-seed0"})  # nan fractions compare as equal
+    check_same_config("f", CONFIG, {**CONFIG, "eval": {"n": 64}}, set())  # nothing finished: nothing to mix
+    malloc = {**CONFIG, "train": {**CONFIG["train"], "default_malloc": True}, "eval": {**CONFIG["eval"], "n": 64}}
+    with pytest.raises(UsageError, match=r"\[train\] default_malloc: unset -> True; \[eval\] n: 32 -> 64\."):
+        check_same_config("f", CONFIG, malloc, finished)
+    renamed = {"name": "low+high", "prune": "random:{fraction}", "train": {"batch_size": 8}}
+    swapped = {**CONFIG, "grid": {**CONFIG["grid"], "specs": ["none", "random:{fraction}", renamed]}}
+    message = r"run low_high-0.5-seed0: prune low\+high:0.5 -> prune random:0.5 with \{'batch_size': 8\}"
+    with pytest.raises(UsageError, match=message):
+        check_same_config("f", CONFIG, swapped, finished)
+    check_same_config("f", CONFIG, swapped, finished - {"low_high-0.5-seed0"})  # not finished: free to change
+
+
+def test_an_unreadable_sweep_json_is_named_not_overwritten(tmp_path, sweep):
+    _, results = sweep
+    (tmp_path / "results.jsonl").write_text(json.dumps(results[0]) + "\n")
+    (tmp_path / "sweep.json").write_text('{"train": ')
+    with pytest.raises(UsageError, match=r"sweep.json is not readable JSON .*move it aside"):
+        run_sweep(CONFIG, tmp_path, log=lambda _line: None)
+    assert (tmp_path / "sweep.json").read_text() == '{"train": '
 
 
 def test_a_report_of_two_machines_rows_names_both_and_reports_one_at_a_time(tmp_path, sweep, capsys):

@@ -249,6 +249,12 @@ def _sweep_parsers(commands) -> None:
         help="add this machine's rows to a folder whose rows were timed on another kind of machine (refused "
         "by default: their wall times do not compare)",
     )
+    s.add_argument(
+        "--mixed-configs",
+        action="store_true",
+        help="sweep into a folder whose finished rows were made with other [train] or [eval] settings (refused by "
+        "default: its table would mix them); for a change that alters nothing a run computes or times",
+    )
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(run=sweep_command)
     r = commands.add_parser("report", help="a sweep's (or a run's) table and plots: report.md and PNGs")

@@ -13,7 +13,13 @@ def sweep_command(args: argparse.Namespace) -> None:
     out = Path(args.out or f"sweeps/{Path(args.sweep_config).stem}")
     log = (lambda _line: None) if args.quiet else print
     results = run_sweep(
-        config, out, log=log, only=args.only, final=not args.no_final, mixed_machines=args.mixed_machines
+        config,
+        out,
+        log=log,
+        only=args.only,
+        final=not args.no_final,
+        mixed_machines=args.mixed_machines,
+        mixed_configs=args.mixed_configs,
     )
     print(f"{len(results)} runs finished in {out}/results.jsonl; advprune report {out} makes the table and plots")
 
