@@ -7,6 +7,7 @@ the per-epoch curves); for a single run folder, its per-epoch curves. Needs the 
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -69,6 +70,23 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def half_gap_p(strategy: list[float], random: list[float], full: list[float]) -> float | None:
+    """One-sided p-value against "the strategy closes at most half of random's gap to the full data" (the
+    floors' claim is its opposite): Welch's t on the contrast strategy - random/2 - full/2, with
+    Welch-Satterthwaite degrees of freedom; None with fewer than 2 values on a side."""
+    sides = [(strategy, 1.0), (random, -0.5), (full, -0.5)]
+    if any(len(values) < 2 for values, _ in sides):
+        return None
+    estimate = sum(weight * statistics.fmean(values) for values, weight in sides)
+    parts = [weight**2 * statistics.variance(values) / len(values) for values, weight in sides]
+    variance = sum(parts)
+    if variance == 0:
+        return 0.0 if estimate > 0 else 1.0
+    freedom = variance**2 / sum(part**2 / (len(values) - 1) for part, (values, _) in zip(parts, sides, strict=True))
+    stats = require("scipy.stats", extra="report", purpose="advprune report's t-tests")
+    return float(stats.t.sf(estimate / math.sqrt(variance), freedom))
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -90,9 +108,11 @@ def comparison(rows: list[dict], randoms: dict[float, list[dict]], fraction: flo
         base = [r["autoattack_acc"] for r in randoms[fraction]]
         out["vs_fraction"] = (statistics.fmean(acc) - statistics.fmean(base), welch_p(acc, base))
         if 1.0 in randoms and fraction != 1.0:
-            random_gap = statistics.fmean(r["autoattack_acc"] for r in randoms[1.0]) - statistics.fmean(base)
+            full = [r["autoattack_acc"] for r in randoms[1.0]]
+            random_gap = statistics.fmean(full) - statistics.fmean(base)
             if random_gap > 0:
                 out["gap_closed"] = out["vs_fraction"][0] / random_gap
+                out["half_gap_p"] = half_gap_p(acc, base, full)
     if randoms:
         wall = statistics.fmean(r["total_s"] for r in rows)
         nearest = min(randoms, key=lambda f: abs(statistics.fmean(r["total_s"] for r in randoms[f]) - wall))
@@ -135,7 +155,7 @@ def markdown_table(results: list[dict]) -> str:
             percent = f"{100 * mean:.1f} ± {100 * std:.1f}%"
             cells.append(_wall(mean, std, full_wall, rows) if key == "total_s" else percent)
         cmp = comparison(rows, randoms, fraction) if not spec.startswith("random:") and spec != "full" else {}
-        closed = f"; {100 * cmp['gap_closed']:.0f}% of random's gap to full closed" if "gap_closed" in cmp else ""
+        closed = _gap_closed(cmp)
         cells.append(_gap(*cmp["vs_fraction"]) + closed if "vs_fraction" in cmp else "")
         cells.append(_wall_comparison(cmp))
         lines.append("| " + " | ".join(cells) + " |")
@@ -145,12 +165,21 @@ def markdown_table(results: list[dict]) -> str:
     timed += f", torch {', '.join(versions)}" if versions else ""
     note = (
         f"\nAccuracy on the first {first.get('test_n', '?')} test images; PGD-{first.get('pgd_steps', '?')} and "
-        f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p; \"on "
+        f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p; \"half "
+        'or more": one-sided Welch p against closing at most half of random\'s gap to the full data; "on '
         "random's curve\": against random pruning's accuracy interpolated at the strategy's wall time. Wall: "
         "training, validation and scoring, with its share of the full-data run's; * a run resumed after an "
         f"interruption (the interrupted call's seconds are lost: its wall time undercounts). {timed}."
     )
     return "\n".join(lines) + "\n" + note + "\n"
+
+
+def _gap_closed(cmp: dict) -> str:
+    """The share of random's gap to the full data closed, and the p-value of its being half or more."""
+    if "gap_closed" not in cmp:
+        return ""
+    p = f" (half or more: {shown_p(cmp['half_gap_p'])})" if cmp.get("half_gap_p") is not None else ""
+    return f"; {100 * cmp['gap_closed']:.0f}% of random's gap to full closed{p}"
 
 
 def _wall_comparison(cmp: dict) -> str:
@@ -169,7 +198,12 @@ def _wall(mean: float, std: float, full_wall: float | None, rows: list[dict]) ->
 
 
 def _gap(gap: float, p: float | None) -> str:
-    return f"{100 * gap:+.1f} (p = {p:.3f})" if p is not None else f"{100 * gap:+.1f}"
+    return f"{100 * gap:+.1f} ({shown_p(p)})" if p is not None else f"{100 * gap:+.1f}"
+
+
+def shown_p(p: float) -> str:
+    """A p-value as the table prints it: three decimals, "p < 0.001" below that."""
+    return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
 
 
 def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:

@@ -17,10 +17,12 @@ from advprune.report import (
     _random_groups,
     comparison,
     group_rows,
+    half_gap_p,
     line_styles,
     markdown_table,
     random_at_wall_time,
     report,
+    shown_p,
     welch_p,
 )
 from advprune.sweep import PRESETS, grid_runs, load_sweep, run_sweep, select_runs
@@ -187,7 +189,7 @@ def test_the_report_compares_with_random_and_draws_the_plots(sweep):
     ours = [r["autoattack_acc"] for r in groups[("low+high:0.5", 0.5)]]
     base = [r["autoattack_acc"] for r in groups[("random:0.5", 0.5)]]
     p = welch_p(ours, base)
-    assert p is None or f"(p = {p:.3f})" in markdown_table(results)
+    assert p is None or f"({shown_p(p)})" in markdown_table(results)
     assert {p.name for p in plots} == {"robust_vs_fraction.png", "robust_vs_wall_time.png", "epochs.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in plots)
     assert (out / "report.md").read_text() == text
@@ -327,16 +329,41 @@ def test_a_named_variant_runs_its_spec_with_train_options_of_its_own(tmp_path, m
 
 def test_the_share_of_randoms_gap_closed_at_the_same_fraction():
     def rows(spec, fraction, accs, wall):
-        return [{"spec": spec, "fraction": fraction, "autoattack_acc": a, "total_s": wall} for a in accs]
+        metrics = ("clean_acc", "pgd_acc", "autoattack_acc")
+        return [
+            {"spec": spec, "fraction": fraction, "samples": 1, "total_s": wall} | dict.fromkeys(metrics, a)
+            for a in accs
+        ]
 
     lines = [*rows("full", 1.0, [0.40, 0.42], 100), *rows("random:0.2", 0.2, [0.30, 0.32], 25)]
     groups = group_rows([*lines, *rows("resample:0.2", 0.2, [0.36, 0.38], 26)])
     cmp = comparison(groups[("resample:0.2", 0.2)], _random_groups(groups), 0.2)
     assert cmp["vs_fraction"][0] == pytest.approx(0.06) and cmp["gap_closed"] == pytest.approx(0.6)
+    assert cmp["half_gap_p"] == pytest.approx(half_gap_p([0.36, 0.38], [0.30, 0.32], [0.40, 0.42]))
+    table = markdown_table([*lines, *rows("resample:0.2", 0.2, [0.36, 0.38], 26)])
+    assert f"60% of random's gap to full closed (half or more: {shown_p(cmp['half_gap_p'])})" in table
+    assert (shown_p(0.0004), shown_p(0.0005), shown_p(0.0314)) == ("p < 0.001", "p = 0.001", "p = 0.031")
     assert cmp["vs_wall"][0] == 0.2  # random:0.2's 25 s is the nearest wall time
     # on random's curve at 26 s: a 75th of the way from random:0.2 (31%, 25 s) to full (41%, 100 s)
     assert cmp["vs_interpolated"] == pytest.approx(0.37 - (0.31 + 0.10 / 75))
     assert random_at_wall_time(_random_groups(groups), 20) is None  # quicker than any random run: no curve there
+
+
+def test_the_half_gap_test_holds_its_level_where_exactly_half_is_closed():
+    """Seeds drawn where the strategy closes exactly half of random's gap (3 a side, unequal spreads): the
+    one-sided test rejects at about its 5% level, and a strategy at the halfway mean scores p = 0.5."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    draws = 2000
+    rejected = 0
+    for _ in range(draws):
+        strategy, random, full = rng.normal(0.28, 0.006, 3), rng.normal(0.245, 0.007, 3), rng.normal(0.315, 0.003, 3)
+        rejected += half_gap_p(list(strategy), list(random), list(full)) < 0.05
+    assert 0.03 <= rejected / draws <= 0.065
+    assert half_gap_p([0.27, 0.29], [0.24, 0.25], [0.30, 0.33]) == pytest.approx(0.5)
+    assert half_gap_p([0.30, 0.31, 0.30], [0.24, 0.25, 0.245], [0.31, 0.32, 0.315]) < 0.01  # 83% closed
+    assert half_gap_p([0.30, 0.31], [0.24, 0.25], [0.31]) is None  # one seed of the full data: no test
 
 
 def test_every_line_of_a_crowded_plot_has_a_look_of_its_own():
