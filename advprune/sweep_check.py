@@ -72,7 +72,7 @@ def check_same_config(folder: str, old: dict | None, new: dict, finished: set[st
     if old is None or not finished:
         return
     changes = _table_changes(old, new, "train", ignored={"data_dir"}) + _table_changes(old, new, "eval")
-    changes += _redefined_runs(old["grid"], new["grid"], finished)
+    changes += _redefined_runs(old["grid"], new["grid"], finished) if "grid" in old else []
     if changes:
         raise UsageError(
             f"{folder}/sweep.json differs from this config where its {len(finished)} finished rows would not "
