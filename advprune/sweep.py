@@ -307,12 +307,11 @@ def run_sweep(
         [(run.name, train_argv(run, config["train"], out / "runs" / run.name)) for run in grid],
         {table: config[table].get("autoattack_stages", "standard") for table in ("eval", "final") if table in config},
     )
+    finished = _results(out) if out.exists() else {}
     if not mixed_machines:
-        rows = list(_results(out).values()) if out.exists() else []
-        check_same_machine(str(out), rows, config["train"].get("device"))
+        check_same_machine(str(out), list(finished.values()), config["train"].get("device"))
     if not mixed_configs:
-        finished = set(_results(out)) if out.exists() else set()
-        check_same_config(str(out), _previous_config(out), config, finished)
+        check_same_config(str(out), _previous_config(out), config, set(finished))
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / "sweep.json", json.dumps(config, indent=1).encode())
     for run in runs:

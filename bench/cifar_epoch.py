@@ -22,17 +22,19 @@ from pathlib import Path
 import torch
 
 from advprune.machine import machine_kind, machine_record
+from advprune.sweep import GridRun, load_sweep
+from advprune.sweep import train_argv as sweep_train_argv
 from advprune.train.amp import resolve_amp
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
 
 def train_argv(args: argparse.Namespace, out: Path) -> list[str]:
-    """`advprune train`'s arguments: the preset's training settings, validation only after the last epoch."""
-    argv = ["train", "--dataset", "cifar10", "--data-dir", args.data_dir, "--model", args.model]
-    argv += ["--attack", "fgsm_rs", "--eps", "8/255", "--epochs", str(args.epochs), "--batch-size", "512"]
-    argv += ["--lr", "0.2", "--lr-schedule", "onecycle", "--val-n", "1000", "--val-every", str(args.epochs)]
-    argv += ["--val-steps", "10", "--eval-n", "0", "--device", "cpu", "--quiet", "--out", str(out)]
-    return argv + (["--limit", str(args.limit)] if args.limit else [])
+    """`advprune train`'s arguments: the CPU preset's [train] table as its sweep passes it (its full-data run),
+    on this machine's CPU with advprune's malloc tuning, validation only after the last epoch."""
+    train = load_sweep("paper-cifar10-cpu")["train"] | {"data_dir": args.data_dir, "model": args.model}
+    train |= {"epochs": args.epochs, "val_every": args.epochs, "device": "cpu", "default_malloc": False}
+    train |= {"limit": args.limit} if args.limit else {}
+    return sweep_train_argv(GridRun(spec=None, fraction=1.0, seed=0), train, out)
 
 
 def main() -> None:
