@@ -109,11 +109,12 @@ def random_init(x: torch.Tensor, eps: float, norm: str, generator: Randomness = 
         flat = noise.flatten(1).norm(dim=1).clamp_min(1e-12)
         radius = uniform_noise((x.shape[0], 1), generator, x)[:, 0] * eps
         noise.mul_((radius / flat).view(-1, *([1] * (x.dim() - 1))))
-    x_adv = (x + noise).contiguous(memory_format=_memory_format(x))
+    x_adv = (x + noise).contiguous(memory_format=memory_format_of(x))
     return ops.project_(x_adv, x, eps=eps, norm=norm)
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-d tensor laid out so (and not also contiguous), else the contiguous format."""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
@@ -210,7 +211,7 @@ def _broken_by_any_iterate(model, x, y, eps, step_size, steps, norm, loss, noise
     """One PGD run from a random start in which each sample stops at its first misclassified iterate."""
     broken = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     left = torch.arange(len(y), device=y.device)  # the rows of x still attacked
-    fmt = _memory_format(x)
+    fmt = memory_format_of(x)
     x_adv = random_init(x, eps, norm, noise)
     for step in range(steps + 1):
         if step == steps:
@@ -255,14 +256,14 @@ def _pgd_run(model, x, y, *, eps, step_size, steps, norm, random_start, loss, ge
 
 
 def _start(x: torch.Tensor, eps: float, norm: str, use_random: bool, generator) -> torch.Tensor:
-    return random_init(x, eps, norm, generator) if use_random else x.clone(memory_format=_memory_format(x))
+    return random_init(x, eps, norm, generator) if use_random else x.clone(memory_format=memory_format_of(x))
 
 
 def given_start(start: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
     """A caller's first iterate, checked against x and projected into the eps ball and [0, 1] (a copy)."""
     if start.shape != x.shape:
         raise ValueError(f"start has shape {list(start.shape)} but x has shape {list(x.shape)}; they must match")
-    x_adv = start.detach().to(x.dtype).clone(memory_format=_memory_format(x))
+    x_adv = start.detach().to(x.dtype).clone(memory_format=memory_format_of(x))
     return ops.project_(x_adv, x, eps=eps, norm=norm)
 
 
@@ -347,7 +348,7 @@ def trades_perturb(
 def trades_start(x: torch.Tensor, eps: float, generator: Randomness = None) -> torch.Tensor:
     """TRADES' first iterate: x + 0.001 * N(0, 1), projected into the eps ball and [0, 1]."""
     noise = _normal(x.shape, generator, x)
-    return ops.project_((x + 0.001 * noise).contiguous(memory_format=_memory_format(x)), x, eps=eps)
+    return ops.project_((x + 0.001 * noise).contiguous(memory_format=memory_format_of(x)), x, eps=eps)
 
 
 def trades_loss(

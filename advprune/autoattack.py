@@ -70,13 +70,17 @@ def robust_flags(
     stages: Sequence[str] = STAGES,
     seed: int = 0,
     batch_size: int = 250,
-    on_stage: Callable[[str, int], None] | None = None,
+    on_stage: Callable[[str, torch.Tensor], None] | None = None,
+    done: Sequence[tuple[str, torch.Tensor]] = (),
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """(robust flag per sample, robust count after each stage, "clean" first) of `model` (eval mode)
     on x, y (on the model's device). A sample stays robust while every stage's example of it, checked
     to lie in the eps-ball and in [0, 1], is classified correctly. Batches of 250 (the official run's
     size) over the samples still robust: each attack reseeds per batch, so the same batches draw the
-    same random starts. The global RNG is left as it was."""
+    same random starts, and a stage's outcome depends only on the flags it starts from. The global RNG
+    is left as it was. on_stage(name, flags) after each stage run here. done: (stage, flags after it) of
+    stages an earlier call ran on the same model, samples and settings, in order (a StageCache's): the
+    first stages that match them are taken from there instead of run again."""
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown AutoAttack stages {unknown}: choose from {', '.join(STAGES)}")
@@ -86,7 +90,13 @@ def robust_flags(
     counts = {"clean": int(robust.sum())}
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # torchattacks reseeds the global generators
-        for name in stages:
+        reused = reusable_stages(stages, done)
+        for name, flags in reused:
+            if flags.shape != robust.shape:
+                raise ValueError(f"done: {name}'s flags are for {len(flags)} samples, not these {len(robust)}")
+            robust = flags.to(robust.device) & robust
+            counts[name] = int(robust.sum())
+        for name in stages[len(reused) :]:
             attack = stage_attack(name, model, eps=eps, norm=norm, num_classes=num_classes, seed=seed)
             todo = torch.nonzero(robust).squeeze(1)
             for start in range(0, len(todo), batch_size):
@@ -98,5 +108,16 @@ def robust_flags(
                 model.zero_grad(set_to_none=True)  # some attacks leave weight gradients behind
             counts[name] = int(robust.sum())
             if on_stage is not None:
-                on_stage(name, counts[name])
+                on_stage(name, robust.clone())
     return robust, counts
+
+
+def reusable_stages(stages: Sequence[str], done: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """The longest run of `done` that `stages` begins with: a stage's flags hold only after the same stages
+    before it."""
+    reused = []
+    for name, (done_name, flags) in zip(stages, done, strict=False):
+        if name != done_name:
+            break
+        reused.append((name, flags))
+    return reused

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from advprune import attacks, autoattack
 from advprune._checks import check_pixel_eps
+from advprune._deps import require
 from advprune.distributed import World
+from advprune.stage_cache import StageCache, model_digest, tensor_digest
 
 ATTACKS = ("clean", "pgd", "autoattack")
 
@@ -51,6 +54,7 @@ def evaluate(
     progress: bool = False,
     world: World | None = None,
     memory_format: torch.memory_format | None = None,
+    stage_cache: str | Path | None = None,
 ) -> dict:
     """Clean and robust accuracy (fractions in [0, 1]) of `model` on the first n samples of (x, y),
     computed on the model's device (x and y are moved there batch by batch).
@@ -59,7 +63,9 @@ def evaluate(
     (the official standard version; `stages` picks a subset, with per-stage robust accuracy in
     the result). The model is put in eval mode. world: under torch.distributed each rank evaluates
     its share (every world.size-th sample) and the counts are summed. memory_format: the layout the
-    images are put in (the model's, e.g. torch.channels_last; None: as they come).
+    images are put in (the model's, e.g. torch.channels_last; None: as they come). stage_cache: a folder where
+    AutoAttack keeps each finished stage (advprune.stage_cache): an evaluation of the same model, samples and
+    settings takes the stages it shares with an earlier one from there ("reused_stages" in the result).
     """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
@@ -78,11 +84,16 @@ def evaluate(
         x = x.contiguous(memory_format=memory_format)
     result = {"n": n, "attack": attack}
     if attack == "autoattack":
-        counts = _autoattack_counts(model, x, y, eps, norm, stages, seed, batch_size, progress and world.is_main)
+        cache = None
+        if stage_cache is not None:
+            cache = StageCache(stage_cache, _stage_key(model, x, y, eps, norm, seed, batch_size, world))
+        counts, reused = _autoattack_counts(
+            model, x, y, eps, norm, stages, seed, batch_size, progress and world.is_main, cache
+        )
         summed = dict(
             zip(counts, world.sum(torch.tensor(list(counts.values()), dtype=torch.float64)).tolist(), strict=True)
         )
-        return {**result, **_autoattack_result(summed, n, eps, norm, stages)}
+        return {**result, **_autoattack_result(summed, n, eps, norm, stages), "reused_stages": reused}
     step_size = eps / 4 if step_size is None else step_size
     clean, robust = _pgd_counts(model, x, y, attack, eps, step_size, steps, norm, restarts, batch_size, seed, progress)
     clean, robust = world.sum(torch.tensor([clean, robust], dtype=torch.float64)).tolist()
@@ -124,16 +135,42 @@ def _pgd_counts(model, x, y, attack, eps, step_size, steps, norm, restarts, batc
     return clean, robust
 
 
-def _autoattack_counts(model, x, y, eps, norm, stages, seed, batch_size, progress) -> dict[str, int]:
-    """The correctly classified count, then the robust count after each stage."""
+def _stage_key(model, x, y, eps, norm, seed, batch_size, world: World) -> dict:
+    """All that decides AutoAttack's flags on (x, y): the StageCache's key."""
+    torchattacks = require("torchattacks", extra="eval", purpose="AutoAttack")
+    return {
+        "model": model_digest(model),
+        "samples": tensor_digest([("x", x), ("y", y)]),
+        "layout": "channels_last" if attacks.memory_format_of(x) == torch.channels_last else "contiguous",
+        "eps": eps,
+        "norm": norm,
+        "seed": seed,
+        "batch_size": batch_size,
+        "rank": [world.rank, world.size],
+        "device": model_device(model).type,
+        "torch": torch.__version__,
+        "torchattacks": torchattacks.__version__,
+    }
+
+
+def _autoattack_counts(model, x, y, eps, norm, stages, seed, batch_size, progress, cache: StageCache | None):
+    """(the correctly classified count, then the robust count after each stage; the stages taken from cache)."""
     device = model_device(model)
     x, y = x.to(device), y.to(device)
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
+    done = cache.finished() if cache is not None else []
+    reused = [name for name, _ in autoattack.reusable_stages(stages, done)]
+    if cache is not None:
+        cache.keep_first(len(reused))
+    if progress and reused:
+        print(f"AutoAttack {', '.join(reused)}: taken from {cache.path}", flush=True)
 
-    def report(stage: str, count: int) -> None:
+    def report(stage: str, robust: torch.Tensor) -> None:
+        if cache is not None:
+            cache.add(stage, robust)
         if progress:
-            print(f"AutoAttack {stage}: {100 * count / max(len(y), 1):.2f}% robust", flush=True)
+            print(f"AutoAttack {stage}: {100 * int(robust.sum()) / max(len(y), 1):.2f}% robust", flush=True)
 
     _, counts = autoattack.robust_flags(
         model,
@@ -146,8 +183,9 @@ def _autoattack_counts(model, x, y, eps, norm, stages, seed, batch_size, progres
         seed=seed,
         batch_size=batch_size,
         on_stage=report,
+        done=done,
     )
-    return counts
+    return counts, reused
 
 
 def _autoattack_result(counts: dict[str, float], n: int, eps: float, norm: str, stages: Sequence[str]) -> dict:

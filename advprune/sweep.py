@@ -378,6 +378,7 @@ def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
             "test_n": result["n"],
             "clean_acc": result["clean_acc"],
             "final_eval_s": seconds,
+            "reused_stages": result.get("reused_stages", []),  # taken from the [eval] step's AutoAttack
         }
         _append_line(out / "final.jsonl", line)  # before the claim ends: no other process redoes it
     return line

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from advprune._files import write_bytes_atomic
 from advprune.cli.common import UsageError, resolve_device, tensors
 from advprune.cli.factory import checkpoint_model
 from advprune.cpu_allocator import tune_cpu_allocator
@@ -46,6 +47,7 @@ def eval_command(args: argparse.Namespace) -> None:
         stages=stages,
         progress=not args.quiet,
         memory_format=memory_format,
+        stage_cache=stage_cache_folder(args.stage_cache, args.out),
     )
     result.update(
         split="test",
@@ -55,5 +57,12 @@ def eval_command(args: argparse.Namespace) -> None:
         layout=layout,
     )
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        write_bytes_atomic(args.out, json.dumps(result, indent=1).encode())  # whole or not at all
     print(format_result(result))
+
+
+def stage_cache_folder(option: str | None, out: str | None) -> Path | None:
+    """--stage-cache's folder: as given, "none" for none, by default autoattack_stages/ beside --out."""
+    if option is not None:
+        return None if option == "none" else Path(option)
+    return Path(out).parent / "autoattack_stages" if out else None

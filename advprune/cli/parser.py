@@ -221,6 +221,13 @@ def _eval_parser(commands) -> None:
         help="keep model and images contiguous (default: channels_last for advprune's models, as in training)",
     )
     e.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    e.add_argument(
+        "--stage-cache",
+        default=None,
+        help="folder where AutoAttack keeps each finished stage, so that a cut-short evaluation resumes and a "
+        "later one of the same model and settings skips the stages it shares (default: autoattack_stages/ beside "
+        "--out; none: keep nothing)",
+    )
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(run=eval_command)
 
