@@ -159,10 +159,8 @@ def _autoattack_counts(model, x, y, eps, norm, stages, seed, batch_size, progres
     x, y = x.to(device), y.to(device)
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
-    done = cache.finished() if cache is not None else []
-    reused = [name for name, _ in autoattack.reusable_stages(stages, done)]
-    if cache is not None:
-        cache.keep_first(len(reused))
+    done = cache.start(stages) if cache is not None else []
+    reused = [name for name, _ in done]
     if progress and reused:
         print(f"AutoAttack {', '.join(reused)}: taken from {cache.path}", flush=True)
 

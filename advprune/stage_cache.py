@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
 from advprune._files import write_bytes_atomic
 from advprune._warn import warn
+from advprune.autoattack import reusable_stages
 
 
 def tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -41,31 +42,35 @@ class StageCache:
         self.path = Path(folder) / f"{name}.json"
         self._stages: list[list[str]] = []
 
-    def finished(self) -> list[tuple[str, torch.Tensor]]:
-        """(stage, robust flags after it) of each stage run so far under this key, in the order run."""
+    def start(self, stages: Sequence[str]) -> list[tuple[str, torch.Tensor]]:
+        """(stage, robust flags after it) of the first of `stages` already run under this key, in order: the
+        saved run's longest prefix they share. Saved stages after it are forgotten (this run replaces them)."""
+        done = reusable_stages(stages, self._saved())
+        self._stages = [[name, _bits(flags)] for name, flags in done]
+        return done
+
+    def add(self, stage: str, robust: torch.Tensor) -> None:
+        """Records that `stage`, run after the ones before it, left `robust`; the file is replaced atomically."""
+        self._stages.append([stage, _bits(robust)])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"key": self.key, "stages": self._stages})
+        write_bytes_atomic(self.path, text.encode(), durable=True)
+
+    def _saved(self) -> list[tuple[str, torch.Tensor]]:
         if not self.path.exists():
             return []
         try:
             saved = json.loads(self.path.read_text())
             if saved["key"] != self.key:
                 raise ValueError("its key is not this evaluation's")
-            stages = [(str(name), _flags(bits)) for name, bits in saved["stages"]]
+            return [(str(name), _flags(bits)) for name, bits in saved["stages"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             warn(f"{self.path}: unreadable AutoAttack stage cache ({exc}): its stages run again")
             return []
-        self._stages = [[name, bits] for name, bits in saved["stages"]]
-        return stages
 
-    def add(self, stage: str, robust: torch.Tensor) -> None:
-        """Records that `stage`, run after the ones before it, left `robust`; the file is replaced atomically."""
-        self._stages.append([stage, "".join("1" if flag else "0" for flag in robust.tolist())])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"key": self.key, "stages": self._stages})
-        write_bytes_atomic(self.path, text.encode(), durable=True)
 
-    def keep_first(self, count: int) -> None:
-        """Forgets all but the first `count` stages (a run whose stages part from the ones saved)."""
-        del self._stages[count:]
+def _bits(flags: torch.Tensor) -> str:
+    return "".join("1" if flag else "0" for flag in flags.tolist())
 
 
 def _flags(bits: str) -> torch.Tensor:
