@@ -229,7 +229,7 @@ def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
         ("robust_vs_fraction", 0, "share of the full run's samples"),
         ("robust_vs_wall_time", 1, "wall time of training, validation and scoring (s)"),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(7.5, 4))
         for (strategy, points), style in zip(strategies, styles, strict=True):
             points = sorted(points, key=lambda p, i=x_index: p[i])
             if points:
@@ -239,7 +239,7 @@ def plot_sweep(results: list[dict], sweep: Path) -> list[Path]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("AutoAttack accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden under it
         written.append(_save(fig, sweep / f"{name}.png"))
     names = {line["run"] for line in results}
     runs = [
@@ -276,12 +276,15 @@ def plot_epochs(folders: list[Path], out: Path) -> Path:
 
 
 MARKERS = "osD^vPX*"
+# tab10, then ten more colours far from them and from each other: a crowded plot's lines differ in colour
+COLOURS = (*(f"C{i}" for i in range(10)), "black", "gold", "darkcyan", "navy", "lime", "maroon", "magenta",
+           "saddlebrown", "slategray", "darkkhaki")  # fmt: skip
 
 
 def line_styles(n: int) -> list[dict]:
-    """n distinct (colour, marker) pairs: the ten tab10 colours, then again with the next marker, so that an
-    eleventh line never shares the first one's look (matplotlib's own cycle repeats after ten)."""
-    return [{"color": f"C{i % 10}", "marker": MARKERS[i // 10 % len(MARKERS)]} for i in range(n)]
+    """n distinct (colour, marker) pairs: twenty colours, then again with the next marker, so that a
+    plot of up to twenty lines never shows two in one colour (matplotlib's own cycle repeats after ten)."""
+    return [{"color": COLOURS[i % len(COLOURS)], "marker": MARKERS[i // len(COLOURS) % len(MARKERS)]} for i in range(n)]
 
 
 def _pyplot():

@@ -369,7 +369,8 @@ def test_the_half_gap_test_holds_its_level_where_exactly_half_is_closed():
 def test_every_line_of_a_crowded_plot_has_a_look_of_its_own():
     styles = line_styles(23)  # the CPU preset's grid has more strategies than matplotlib's ten colours
     assert len({(s["color"], s["marker"]) for s in styles}) == 23
-    assert styles[10]["color"] == styles[0]["color"] and styles[10]["marker"] != styles[0]["marker"]
+    assert len({s["color"] for s in styles[:20]}) == 20  # up to twenty lines: each in a colour of its own
+    assert styles[20]["color"] == styles[0]["color"] and styles[20]["marker"] != styles[0]["marker"]
 
 
 def test_the_full_data_point_is_drawn_over_the_random_line_that_ends_at_it(tmp_path, monkeypatch):
