@@ -20,7 +20,8 @@ def deepfool_distance(
     """[N] float32 distances: the l2 norm of the accumulated DeepFool step at the first iterate, taken with
     the step scaled by (1 + overshoot), that the model no longer assigns to y; 0 for a sample it already
     misclassifies, inf for one still unchanged after max_iter steps. Input space distances, not clipped
-    to [0, 1]. Each iteration costs one forward and one backward per other class (model in eval mode)."""
+    to [0, 1]. Each iteration judges the samples left with one forward without gradients, then steps only
+    those still assigned to y: a forward and a backward per other class (model in eval mode)."""
     if max_iter < 1 or overshoot < 0:
         raise ValueError(f"max_iter must be >= 1 and overshoot >= 0, got {max_iter} and {overshoot}")
     x, y = x.detach(), y.detach()
@@ -30,25 +31,25 @@ def deepfool_distance(
     # float32 whatever the caller's autocast (bfloat16 logits cannot resolve the small steps near a boundary),
     # and gradients also inside a caller's no_grad (scoring passes)
     no_autocast = torch.autocast(x.device.type, enabled=False)
-    with model_mode(model, "eval"), no_autocast, torch.enable_grad():
-        for _ in range(max_iter + 1):
-            x_try = (x[left] + (1 + overshoot) * total[left]).requires_grad_(True)
-            logits = model(x_try).float()
-            flipped = logits.argmax(1) != y[left]
+    with model_mode(model, "eval"), no_autocast:
+        for iteration in range(max_iter + 1):
+            x_try = x[left] + (1 + overshoot) * total[left]
+            with torch.no_grad():  # a sample that flipped needs no gradients: early on, most of them
+                flipped = model(x_try).float().argmax(1) != y[left]
             distance[left[flipped]] = total[left[flipped]].flatten(1).norm(dim=1).float()
-            keep = ~flipped
-            if not bool(keep.any()):
+            left, x_try = left[~flipped], x_try[~flipped]
+            if len(left) == 0 or iteration == max_iter:
                 break
-            step = _nearest_boundary_step(logits, x_try, y[left], keep)
-            left = left[keep]
-            total[left] += step
+            with torch.enable_grad():
+                x_try.requires_grad_(True)
+                total[left] += _nearest_boundary_step(model(x_try).float(), x_try, y[left])
     return distance
 
 
-def _nearest_boundary_step(logits: torch.Tensor, x_try: torch.Tensor, y: torch.Tensor, keep: torch.Tensor):
-    """For the rows `keep`: the step r = (|f_k| + NUDGE) / ||w_k||^2 * w_k to the nearest linearised boundary,
-    with f_k = logit_k - logit_y and w_k its input gradient, k over the other classes. C - 1 backward passes:
-    pass j takes each row's class (y + j) mod C, so that no pass is spent on a row's own (zero) margin."""
+def _nearest_boundary_step(logits: torch.Tensor, x_try: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The step r = (|f_k| + NUDGE) / ||w_k||^2 * w_k to the nearest linearised boundary, with f_k = logit_k -
+    logit_y and w_k its input gradient, k over the other classes. C - 1 backward passes: pass j takes each
+    row's class (y + j) mod C, so that no pass is spent on a row's own (zero) margin."""
     n_classes = logits.shape[1]
     margins = logits - logits.gather(1, y[:, None])  # [n, C]: 0 in the labelled class
     others = (y[:, None] + torch.arange(1, n_classes, device=y.device)) % n_classes  # [n, C - 1]
@@ -56,11 +57,11 @@ def _nearest_boundary_step(logits: torch.Tensor, x_try: torch.Tensor, y: torch.T
     grads = []
     for j in range(n_classes - 1):  # each row's gradient is its own: the model is in eval mode
         (g,) = torch.autograd.grad(others_margins[:, j].sum(), x_try, retain_graph=j + 2 < n_classes)
-        grads.append(g[keep].flatten(1))
-    w = torch.stack(grads, dim=1)  # [m, C - 1, D]
-    f = others_margins[keep].detach()
+        grads.append(g.flatten(1))
+    w = torch.stack(grads, dim=1)  # [n, C - 1, D]
+    f = others_margins.detach()
     norms = w.norm(dim=2).clamp_min(1e-12)
     k = (f.abs() / norms).argmin(1)
     rows = torch.arange(len(k), device=k.device)
     scale = (f[rows, k].abs() + NUDGE) / norms[rows, k] ** 2
-    return (scale[:, None] * w[rows, k]).view_as(x_try[keep]).to(x_try.dtype)
+    return (scale[:, None] * w[rows, k]).view_as(x_try).to(x_try.dtype)
