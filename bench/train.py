@@ -7,7 +7,12 @@ and layout. The plain loop runs first, with glibc's default malloc as a user's l
 the Trainer then tunes the allocator (RunConfig.tune_cpu_allocator, process-wide; not with
 --default-malloc), and the plain loop runs once more (second in its process: a warm heap too).
 
-    python bench/train.py [--n 10000] [--epochs 1] [--steps 3]
+Each seed (0..N-1) runs both sides from the same initial weights; accuracies are given per seed and as
+mean ± std over the seeds (one epoch's accuracy varies by several points between seeds), epoch times as
+medians over all the seeds' epochs. `--amp none` trains the Trainer in float32, to separate what bfloat16
+does to accuracy from what the rest of the Trainer does.
+
+    python bench/train.py [--n 10000] [--epochs 1] [--steps 3] [--seeds 3] [--amp auto|none]
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def fwd_bwd_seconds(model, x, y, memory_format, amp_dtype, repeats=10) -> float:
     return statistics.median(times[2:])
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=1)
@@ -74,48 +79,82 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eval-n", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, default=3, help="runs of both sides (seeds 0..N-1: init, order, noise)")
+    parser.add_argument("--amp", default="auto", help="the Trainer's precision: auto (its default) or none (float32)")
     parser.add_argument("--default-malloc", action="store_true", help="the Trainer leaves malloc as it is")
     parser.add_argument("--out", default="bench/results/train.json")
     args = parser.parse_args()
-    alpha = args.eps / 4
+    if args.seeds < 1 or args.amp not in ("auto", "none"):
+        parser.error(f"--seeds must be >= 1 and --amp auto or none, got {args.seeds} and {args.amp!r}")
+    return args
 
-    data = read_fashion_mnist()
-    test = read_fashion_mnist(train=False)
+
+def load_data(args: argparse.Namespace):
+    """The first n Fashion-MNIST training images as a dataset and as float tensors, and eval_n test images."""
+    data, test = read_fashion_mnist(), read_fashion_mnist(train=False)
     train = from_arrays(data.images[: args.n].copy(), data.labels[: args.n].copy())
     x_all = torch.from_numpy(train.images).permute(0, 3, 1, 2).float().div_(255).contiguous()
-    y_all = torch.from_numpy(train.labels)
     x_test = torch.from_numpy(test.images[: args.eval_n].copy()).permute(0, 3, 1, 2).float() / 255
-    y_test = torch.from_numpy(test.labels[: args.eval_n].copy())
+    return train, x_all, torch.from_numpy(train.labels), x_test, torch.from_numpy(test.labels[: args.eval_n].copy())
 
-    def plain_run() -> tuple[torch.nn.Module, list[float]]:
-        torch.manual_seed(0)
-        plain = models.create("small-cnn")
-        opt = torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
-        seconds = [
-            plain_pgd_epoch(plain, opt, x_all, y_all, eps=args.eps, alpha=alpha, steps=args.steps,
-                            batch_size=args.batch_size, generator=torch.Generator().manual_seed(e))
-            for e in range(args.epochs)
-        ]  # fmt: skip
-        return plain, seconds
 
-    plain, plain_s = plain_run()
-    torch.manual_seed(0)
-    ours = models.create("small-cnn")
+def plain_run(args: argparse.Namespace, seed: int, x_all, y_all) -> tuple[torch.nn.Module, list[float]]:
+    """The plain loop's model and epoch seconds, from the same initial weights as the Trainer's of this seed."""
+    torch.manual_seed(seed)
+    plain = models.create("small-cnn")
+    opt = torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    seconds = [
+        plain_pgd_epoch(plain, opt, x_all, y_all, eps=args.eps, alpha=args.eps / 4, steps=args.steps,
+                        batch_size=args.batch_size, generator=torch.Generator().manual_seed(1000 * seed + e))
+        for e in range(args.epochs)
+    ]  # fmt: skip
+    return plain, seconds
+
+
+def trainer_run(args: argparse.Namespace, seed: int, train) -> tuple[Trainer, list[float]]:
+    """The Trainer with its defaults (but --amp and --default-malloc) and its epoch seconds."""
+    torch.manual_seed(seed)
     trainer = Trainer(
-        ours,
-        AttackConfig("pgd", eps=args.eps, step_size=alpha, steps=args.steps),
+        models.create("small-cnn"),
+        AttackConfig("pgd", eps=args.eps, step_size=args.eps / 4, steps=args.steps),
         epochs=args.epochs,
         optim=OptimConfig(lr=0.05, schedule="constant"),
-        run=RunConfig(device="cpu", quiet=True, tune_cpu_allocator=not args.default_malloc),
-    )
-    ours_s = []
-    loader = make_loader(train, backend="memory", batch_size=args.batch_size, channels_last=True)
+        run=RunConfig(
+            device="cpu", seed=seed, quiet=True, amp=None if args.amp == "none" else args.amp,
+            tune_cpu_allocator=not args.default_malloc,
+        ),
+    )  # fmt: skip
+    loader = make_loader(train, backend="memory", batch_size=args.batch_size, channels_last=True, seed=seed)
+    seconds = []
     for epoch in range(args.epochs):
         trainer.epochs = epoch + 1
         t0 = time.perf_counter()
         trainer.fit(loader)
-        ours_s.append(time.perf_counter() - t0)
-    _, plain_again_s = plain_run()  # the same loop again (under the tuning, unless --default-malloc)
+        seconds.append(time.perf_counter() - t0)
+    return trainer, seconds
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main() -> None:
+    args = parse_args()
+    train, x_all, y_all, x_test, y_test = load_data(args)
+    times: dict[str, list[float]] = {"plain": [], "advprune": [], "plain_again": []}
+    accuracy: dict[str, list[float]] = {key: [] for key in ("plain_clean", "plain_pgd20", "ours_clean", "ours_pgd20")}
+    for seed in range(args.seeds):
+        # the plain loop first in its process (glibc's malloc as a user's loop has it, until the Trainer tunes it)
+        plain, plain_s = plain_run(args, seed, x_all, y_all)
+        trainer, ours_s = trainer_run(args, seed, train)
+        _, plain_again_s = plain_run(args, seed, x_all, y_all)  # under the tuning, unless --default-malloc
+        times["plain"] += plain_s
+        times["advprune"] += ours_s
+        times["plain_again"] += plain_again_s
+        for side, model in (("plain", plain), ("ours", trainer.model)):
+            res = evaluate(model, x_test, y_test, attack="pgd", eps=args.eps, steps=20)
+            accuracy[f"{side}_clean"].append(res["clean_acc"])
+            accuracy[f"{side}_pgd20"].append(res["robust_acc"])
     per_batch = fwd_bwd_seconds(
         models.create("small-cnn"),
         x_all[: args.batch_size],
@@ -123,31 +162,29 @@ def main() -> None:
         trainer.memory_format or torch.contiguous_format,
         trainer.amp_dtype,
     )
-    batches = -(-args.n // args.batch_size)
-    ideal = (args.steps + 1) * per_batch * batches
-    res_plain = evaluate(plain, x_test, y_test, attack="pgd", eps=args.eps, steps=20)
-    res_ours = evaluate(trainer.model, x_test, y_test, attack="pgd", eps=args.eps, steps=20)
+    ideal = (args.steps + 1) * per_batch * -(-args.n // args.batch_size)
+    epoch_s = {side: statistics.median(seconds) for side, seconds in times.items()}
     result = {
         "n": args.n,
         "epochs": args.epochs,
         "steps": args.steps,
+        "seeds": args.seeds,
         "amp": str(trainer.amp_dtype),
         "channels_last": trainer.memory_format == torch.channels_last,
-        "plain_epoch_s": statistics.median(plain_s),
-        "advprune_epoch_s": statistics.median(ours_s),
-        "time_ratio": statistics.median(ours_s) / statistics.median(plain_s),
+        "plain_epoch_s": epoch_s["plain"],
+        "advprune_epoch_s": epoch_s["advprune"],
+        "time_ratio": epoch_s["advprune"] / epoch_s["plain"],
         "allocator_tuned": cpu_allocator_tuned(),
-        "plain_again_epoch_s": statistics.median(plain_again_s),
-        "time_ratio_vs_plain_again": statistics.median(ours_s) / statistics.median(plain_again_s),
+        "plain_again_epoch_s": epoch_s["plain_again"],
+        "time_ratio_vs_plain_again": epoch_s["advprune"] / epoch_s["plain_again"],
         "ideal_epoch_s": ideal,
-        "trainer_overhead": statistics.median(ours_s) / ideal,
-        "plain_clean_acc": res_plain["clean_acc"],
-        "plain_pgd20_acc": res_plain["robust_acc"],
-        "advprune_clean_acc": res_ours["clean_acc"],
-        "advprune_pgd20_acc": res_ours["robust_acc"],
+        "trainer_overhead": epoch_s["advprune"] / ideal,
     }
+    for key, values in accuracy.items():  # mean and std over the seeds, and each seed's figure
+        result[f"{key}_acc"], result[f"{key}_acc_std"] = mean_std(values)
+        result[f"{key}_acc_per_seed"] = values
     for k, v in result.items():
-        print(f"{k:<20} {v:.4f}" if isinstance(v, float) else f"{k:<20} {v}")
+        print(f"{k:<28} {v:.4f}" if isinstance(v, float) else f"{k:<28} {v}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
