@@ -66,6 +66,25 @@ def test_deepfool_on_a_cnn_flips_every_correct_sample_at_a_positive_distance(tra
         deepfool_distance(model, x, y, max_iter=0)
 
 
+def test_deepfool_spends_no_gradients_on_a_sample_already_misclassified():
+    model = linear_model(3)
+    x = torch.randn(40, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:30] = (y[:30] + 1) % 5  # 30 of 40 misclassified as they are
+    rows_with_gradients = []
+
+    class Counting(nn.Module):
+        def forward(self, v):
+            if torch.is_grad_enabled():
+                rows_with_gradients.append(len(v))
+            return model(v)
+
+    distance = deepfool_distance(Counting(), x, y, max_iter=1)
+    assert rows_with_gradients == [10]  # one step, on the ten classified right; none after the last check
+    assert torch.equal(distance[:30], torch.zeros(30)) and (distance[30:] > 0).all()
+
+
 def test_a_scoring_pass_keeps_each_distance_with_its_sample(trained):
     model, x, y = trained
     x, y = x[:40], y[:40]
