@@ -134,6 +134,9 @@ def trainer_run(args: argparse.Namespace, seed: int, train) -> tuple[Trainer, li
     return trainer, seconds
 
 
+SIDES = ("plain", "advprune")  # the result's key prefixes, as for the epoch times
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -142,7 +145,7 @@ def main() -> None:
     args = parse_args()
     train, x_all, y_all, x_test, y_test = load_data(args)
     times: dict[str, list[float]] = {"plain": [], "advprune": [], "plain_again": []}
-    accuracy: dict[str, list[float]] = {key: [] for key in ("plain_clean", "plain_pgd20", "ours_clean", "ours_pgd20")}
+    accuracy: dict[str, list[float]] = {f"{side}_{kind}": [] for side in SIDES for kind in ("clean", "pgd20")}
     for seed in range(args.seeds):
         # the plain loop first in its process (glibc's malloc as a user's loop has it, until the Trainer tunes it)
         plain, plain_s = plain_run(args, seed, x_all, y_all)
@@ -151,7 +154,7 @@ def main() -> None:
         times["plain"] += plain_s
         times["advprune"] += ours_s
         times["plain_again"] += plain_again_s
-        for side, model in (("plain", plain), ("ours", trainer.model)):
+        for side, model in (("plain", plain), ("advprune", trainer.model)):
             res = evaluate(model, x_test, y_test, attack="pgd", eps=args.eps, steps=20)
             accuracy[f"{side}_clean"].append(res["clean_acc"])
             accuracy[f"{side}_pgd20"].append(res["robust_acc"])
