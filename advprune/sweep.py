@@ -41,6 +41,7 @@ from advprune.cli.common import UsageError
 from advprune.cli.parser import DEFAULT_EPOCHS
 from advprune.machine import one_machine
 from advprune.sweep_check import check_same_config, check_same_machine, check_sweep_options
+from advprune.sweep_rebuild import REBUILDS, rebuild_model
 from advprune.train.folder_lock import held
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
@@ -295,11 +296,13 @@ def run_sweep(
     final: bool = True,
     mixed_machines: bool = False,
     mixed_configs: bool = False,
+    rebuild_models: bool = False,
 ) -> list[dict]:
     """Runs every grid run (of those matching only) not yet in out/results.jsonl nor claimed by another sweep
     process, then (unless final is False) the [final] table's evaluations; returns the result lines so far.
     Refuses a folder whose rows were timed on another kind of machine unless mixed_machines, and one whose rows
-    were made with other [train] or [eval] settings (its sweep.json) unless mixed_configs."""
+    were made with other [train] or [eval] settings (its sweep.json) unless mixed_configs. rebuild_models: a
+    [final] run whose checkpoint is gone is trained again (advprune.sweep_rebuild) instead of waiting."""
     out = Path(out)
     grid = grid_runs(config["grid"])
     runs = select_runs(grid, only)
@@ -329,7 +332,7 @@ def run_sweep(
             _append_line(out / "results.jsonl", line)  # before the claim ends: no other process redoes it
         log(f"{run.name}: clean {line['clean_acc']:.3f}, PGD {line['pgd_acc']:.3f}, AA {line['autoattack_acc']:.3f}")
     if final and "final" in config:
-        _final_evaluations(config, out, runs, log)
+        _final_evaluations(config, out, runs, log, rebuild_models)
     return list(_results(out).values())
 
 
@@ -344,17 +347,34 @@ def _previous_config(out: Path) -> dict | None:
         raise UsageError(f"{file} is not readable JSON ({exc}): move it aside to sweep into this folder") from None
 
 
-def _final_evaluations(config: dict, out: Path, runs: list[GridRun], log) -> None:
+def _final_evaluations(config: dict, out: Path, runs: list[GridRun], log, rebuild: bool) -> None:
     """The [final] table's runs, once finished, evaluated with its AutoAttack (standard by default) on its n
-    test images: one final.jsonl line each."""
+    test images: one final.jsonl line each. A run without its model (a copied folder) waits, or with rebuild
+    has it trained again and checked against its records (advprune.sweep_rebuild)."""
     for run in _matching(runs, config["final"].get("runs", [])):
         if run.name in _results(out) and run.name not in _finals(out):
-            if not (out / "runs" / run.name / "last.pt").exists():  # its results came with the folder's copy
-                log(f"{run.name}: no last.pt here (trained elsewhere): its final evaluation waits for the model")
+            if not (out / "runs" / run.name / "last.pt").exists() and not _rebuilt(run, out, config, log, rebuild):
                 continue
             line = _final_evaluation(run, out, config)
             if line is not None:
                 log(f"{run.name}: final AutoAttack ({line['autoattack_version']}) {line['autoattack_acc']:.3f}")
+
+
+def _rebuilt(run: GridRun, out: Path, config: dict, log, rebuild: bool) -> bool:
+    """Whether the finished run's missing model is back (trained again under the run's claim, when rebuild)."""
+    if not rebuild:
+        log(f"{run.name}: no last.pt here (trained elsewhere): its final evaluation waits for the model "
+            "(--rebuild-models trains it again)")  # fmt: skip
+        return False
+    folder, scratch = out / "runs" / run.name, out / REBUILDS / run.name
+    with held(folder / "sweep.lock") as claimed:
+        if not claimed:  # another sweep process rebuilds it
+            return False
+        if (folder / "last.pt").exists():  # another process has just rebuilt it
+            return True
+        scratch.mkdir(parents=True, exist_ok=True)
+        log(f"{run.name}: no last.pt here: training it again into {scratch} to compare with its records")
+        return rebuild_model(folder, scratch, lambda to: _train(run, to, config["train"], to / "sweep.log"), log)
 
 
 def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
@@ -379,6 +399,7 @@ def _final_evaluation(run: GridRun, out: Path, config: dict) -> dict | None:
             "clean_acc": result["clean_acc"],
             "final_eval_s": seconds,
             "reused_stages": result.get("reused_stages", []),  # taken from the [eval] step's AutoAttack
+            "model_rebuilt": (folder / "rebuilt.json").exists(),  # trained again, every epoch record equal
         }
         _append_line(out / "final.jsonl", line)  # before the claim ends: no other process redoes it
     return line

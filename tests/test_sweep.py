@@ -420,6 +420,43 @@ def test_final_rows_are_evaluated_once_more_and_reported_apart(tmp_path, sweep):
     ]
 
 
+def test_a_final_run_without_its_model_is_trained_again_and_evaluated_only_if_its_records_match(tmp_path, sweep):
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep[0], out)
+    names = ["random-0.5-seed0", "random-0.5-seed1"]
+    config = {**CONFIG, "final": {"runs": names, "n": CONFIG["eval"]["n"], "autoattack_stages": "apgd-ce"}}
+    for name in names:  # a folder copied without its models
+        (out / "runs" / name / "last.pt").unlink()
+    metrics = out / "runs" / names[1] / "metrics.jsonl"  # seed 1's last epoch logged as another model's
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines[-1]["train_loss"] += 1e-9
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    wall_before = (out / "runs" / names[0] / "wall.json").read_text()
+    said = []
+    run_sweep(config, out, log=said.append)  # without --rebuild-models: both wait, saying how to get them
+    assert not (out / "final.jsonl").exists() and sum("--rebuild-models trains it again" in s for s in said) == 2
+    said = []
+    run_sweep(config, out, log=said.append, rebuild_models=True)
+    finals = [json.loads(line) for line in (out / "final.jsonl").read_text().splitlines()]
+    assert [f["run"] for f in finals] == [names[0]] and finals[0]["model_rebuilt"] is True
+    original = next(r for r in sweep[1] if r["run"] == names[0])
+    assert finals[0]["autoattack_acc"] == original["autoattack_acc"]  # the same model: the same APGD-CE figure
+    assert f"{names[0]}: model rebuilt (2 epoch records equal)" in said
+    assert (out / "runs" / names[0] / "wall.json").read_text() == wall_before  # the run's own time stays
+    assert not (out / "rebuilds" / names[0]).exists()
+    refused = " ".join(s for s in said if s.startswith(f"{names[1]}: the rebuilt model is another model"))
+    assert "epoch 1 train_loss" in refused and str(out / "rebuilds" / names[1]) in refused
+    assert not (out / "runs" / names[1] / "last.pt").exists()  # nothing of the other model replaced anything
+
+
+def test_rebuilding_models_with_no_final_evaluation_is_refused_in_one_line(capsys):
+    assert main(["sweep", "paper-cifar10-cpu", "--no-final", "--rebuild-models"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--rebuild-models makes models for the [final] evaluations" in err and len(err.splitlines()) == 1
+
+
 def test_a_report_whose_reader_went_away_ends_quietly(sweep):
     """`advprune report DIR | head`: head exits, the next print gets EPIPE; no traceback, SIGPIPE's status."""
     import subprocess

@@ -251,6 +251,12 @@ def _sweep_parsers(commands) -> None:
         help="leave the [final] table's evaluations for a later sweep (the grid's cores stay on the grid)",
     )
     s.add_argument(
+        "--rebuild-models",
+        action="store_true",
+        help="train a [final] run whose last.pt is gone (a copied folder) once more, into FOLDER/rebuilds, and "
+        "evaluate it only if every epoch's records equal the run's own (the same model)",
+    )
+    s.add_argument(
         "--mixed-machines",
         action="store_true",
         help="add this machine's rows to a folder whose rows were timed on another kind of machine (refused "
