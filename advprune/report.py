@@ -317,6 +317,10 @@ def report(folder: str | Path, machine: str | None = None) -> tuple[str, list[Pa
         final = final_rows(folder, results)
         if final:
             text += "\n## Final rows\n\nThe [final] runs evaluated once more with AutoAttack as named below.\n\n"
+            rebuilt = sum(bool(line.get("model_rebuilt")) for line in final)
+            if rebuilt:
+                text += (f"{rebuilt} of these {len(final)} models were trained again for it (`--rebuild-models`), "
+                         "every epoch record equal to its run's own.\n\n")  # fmt: skip
             text += markdown_table(final)
         plots = plot_sweep(results, folder)
     elif (folder / "metrics.jsonl").exists():

@@ -449,6 +449,7 @@ def test_a_final_run_without_its_model_is_trained_again_and_evaluated_only_if_it
     refused = " ".join(s for s in said if s.startswith(f"{names[1]}: the rebuilt model is another model"))
     assert "epoch 1 train_loss" in refused and str(out / "rebuilds" / names[1]) in refused
     assert not (out / "runs" / names[1] / "last.pt").exists()  # nothing of the other model replaced anything
+    assert "1 of these 1 models were trained again for it (`--rebuild-models`)" in report(out)[0]
 
 
 def test_rebuilding_models_with_no_final_evaluation_is_refused_in_one_line(capsys):
