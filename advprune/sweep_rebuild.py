@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from advprune._files import write_bytes_atomic
@@ -24,7 +25,7 @@ COMPARED = ("samples", "lr", "train_loss", "train_adv_acc", "val_clean_acc", "va
 
 
 def by_epoch(folder: Path) -> dict[int, dict]:
-    """A run folder's per-epoch records by epoch (the last one where a resumed run logged an epoch twice)."""
+    """A run folder's per-epoch records by epoch (one each: a resume forgets the records past its checkpoint)."""
     return {record["epoch"]: record for record in epoch_records(read_run_metrics(folder))}
 
 
@@ -40,18 +41,21 @@ def first_difference(original: dict[int, dict], rebuilt: dict[int, dict]) -> str
     return None
 
 
-def rebuild_model(run_folder: Path, scratch: Path, train, log) -> bool:
+def rebuild_model(
+    run_folder: Path, scratch: Path, train: Callable[[Path], object], log: Callable[[str], object]
+) -> bool:
     """Trains the run again into scratch (train(scratch): resumable, as the sweep trains its runs) and moves
     its last.pt into run_folder when every epoch record matches; writes run_folder/rebuilt.json saying how the
     model came back. False (logged, the rebuild kept for a look) when the records differ."""
     start = time.perf_counter()
     train(scratch)
-    difference = first_difference(by_epoch(run_folder), by_epoch(scratch))
+    original = by_epoch(run_folder)
+    difference = first_difference(original, by_epoch(scratch))
     if difference is not None:
         log(f"{run_folder.name}: the rebuilt model is another model ({difference}); its final evaluation waits "
             f"(the rebuild is in {scratch})")  # fmt: skip
         return False
-    epochs = len(by_epoch(run_folder))
+    epochs = len(original)
     note = {
         "model": "trained again from the run's options and seed: every epoch record equal",
         "epochs_compared": epochs,

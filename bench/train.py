@@ -143,6 +143,7 @@ SIDES = ("plain", "advprune")  # the result's key prefixes, as for the epoch tim
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
