@@ -21,6 +21,7 @@ __all__ = [
     "build_info",
     "extension_loaded",
     "kl_rows",
+    "max_pool2x2",
     "pgd_step_",
     "project_",
     "sample_scores",
@@ -177,6 +178,36 @@ def kl_rows(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     return torch.ops.advprune.kl_rows(logits_p, logits_q)
 
 
+def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
+    """F.max_pool2d(x, 2): the same values and gradients, faster for a channels_last batch on the CPU.
+
+    The compiled kernel keeps each output's window position in one byte (not an int64 index) and its
+    backward writes each input gradient once; it serves channels_last CPU tensors of 4 dims, and
+    max_pool2d everything else (other layouts, other devices, no compiled extension). Its backward is
+    not differentiable again (no double backward through this pooling).
+    """
+    if _EXT and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return _MaxPool2x2.apply(x)
+    return torch.nn.functional.max_pool2d(x, 2)
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    """The compiled pooling's autograd: saves the byte-sized window positions, not the input. (An
+    autograd.Function: torch.library.register_autograd's wrapper cost more than the kernel saves.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out, argmax = torch.ops.advprune.max_pool2x2(x)
+        ctx.save_for_backward(argmax)
+        ctx.input_size = tuple(x.shape[2:])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (argmax,) = ctx.saved_tensors
+        return torch.ops.advprune.max_pool2x2_backward(grad, argmax, *ctx.input_size)
+
+
 # ------------------------------------------------- fake kernels and autograd
 
 if _EXT:
@@ -218,3 +249,18 @@ if _EXT:
         )
 
     torch.library.register_autograd("advprune::kl_rows", _kl_rows_backward, setup_context=_kl_rows_setup)
+
+    @torch.library.register_fake("advprune::max_pool2x2")
+    def _max_pool2x2_fake(x):
+        n, c, h, w = x.shape
+        options = {"dtype": x.dtype, "device": x.device, "memory_format": torch.channels_last}
+        return torch.empty((n, c, h // 2, w // 2), **options), torch.empty(
+            (n, c, h // 2, w // 2), **{**options, "dtype": torch.uint8}
+        )
+
+    @torch.library.register_fake("advprune::max_pool2x2_backward")
+    def _max_pool2x2_backward_fake(grad, argmax, height, width):
+        n, c = grad.shape[:2]
+        return torch.empty(
+            (n, c, height, width), dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last
+        )

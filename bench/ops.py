@@ -270,6 +270,40 @@ def row_cases(device, quick):
         )
 
 
+def pool_fwd_bwd(pool: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A training step's pooling: the forward and the input gradient of a given output gradient."""
+
+    def step(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        leaf = x.detach().requires_grad_(True)
+        return torch.autograd.grad(pool(leaf), leaf, grad)[0]
+
+    return step
+
+
+def pool_cases(device, quick):
+    """The small CNN's two poolings at batch 128, forward and backward (CPU only: elsewhere advprune's
+    pooling is max_pool2d itself)."""
+    if device != "cpu":
+        return
+    for shape in [(128, 32, 28, 28)] if quick else [(128, 32, 28, 28), (128, 64, 14, 14)]:
+        for dtype in (torch.float32, torch.bfloat16):
+            gen = torch.Generator().manual_seed(3)
+            x = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+            grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=gen).to(dtype)
+            grad = grad.contiguous(memory_format=torch.channels_last)
+            # x read, pooled values and window bytes written; grad and window bytes read, grad_in written
+            moved = 2 * x.nbytes + 2 * grad.nbytes + 2 * grad.numel()
+            yield (
+                "max_pool2x2",
+                shape,
+                dtype,
+                moved,
+                pool_fwd_bwd(ops.max_pool2x2),
+                pool_fwd_bwd(lambda t: F.max_pool2d(t, 2)),
+                lambda x=x, grad=grad: (x, grad),
+            )
+
+
 def fmt_table(rows) -> str:
     head = (
         f"{'op':<15} {'shape':<18} {'dtype':<9} {'eager ms':>9} {'compile ms':>10} {'advprune ms':>11} "
@@ -304,7 +338,7 @@ def main() -> None:
         devices.remove("cuda")
     for device in devices:
         rows = []
-        for case in (*pgd_cases(device, args.quick), *row_cases(device, args.quick)):
+        for case in (*pgd_cases(device, args.quick), *row_cases(device, args.quick), *pool_cases(device, args.quick)):
             name, shape, dtype, moved, fused, eager, make_args = case
             rows.append(run_case(name, shape, dtype, device, moved, fused, eager, make_args, args.reps))
             print(fmt_table(rows[-1:]).splitlines()[-1], flush=True)

@@ -32,4 +32,8 @@ TORCH_LIBRARY(advprune, m) {
   // Per-row KL(softmax(p) || softmax(q)) and its gradients to p and q.
   m.def("kl_rows(Tensor logits_p, Tensor logits_q) -> Tensor");
   m.def("kl_rows_backward(Tensor grad, Tensor logits_p, Tensor logits_q) -> (Tensor, Tensor)");
+  // 2x2 max pooling, stride 2, of a [N, C, H, W] batch: the pooled values (channels_last) and each
+  // one's window position as uint8 (dy * 2 + dx), which is all the backward needs. CPU only.
+  m.def("max_pool2x2(Tensor x) -> (Tensor out, Tensor argmax)");
+  m.def("max_pool2x2_backward(Tensor grad, Tensor argmax, int height, int width) -> Tensor");
 }

@@ -4,7 +4,8 @@ multiply-adds a 28x28 image, fast enough for adversarial training on a CPU.
 Each block pools before its ReLU: max-pooling and ReLU commute exactly (ReLU is monotone), values and
 gradients alike, and the ReLU then runs on a quarter of the elements. The flatten keeps channels_last
 in its backward, so that the pooling's backward needs no layout copies (together about 15% of a PGD
-training step on an AVX2 CPU in float32)."""
+training step on an AVX2 CPU in float32). The pooling is advprune's kernel (MaxPool2x2), which takes a
+bfloat16 PGD-3 epoch on one Zen 4 core from 4.30 s to 3.69 s per 5,120 images with identical weights."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from advprune import ops
 from advprune.models.normalize import FASHION_MEAN, FASHION_STD, Normalize
 
 
@@ -38,6 +40,14 @@ class LayoutKeepingFlatten(nn.Module):
         return _FlattenKeepingLayout.apply(x)
 
 
+class MaxPool2x2(nn.Module):
+    """nn.MaxPool2d(2) through advprune.ops.max_pool2x2: the same values and gradients, and for channels_last
+    bfloat16 batches on the CPU a quarter of max_pool2d's time (bench/ops.py), as the index it keeps is a byte."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.max_pool2x2(x)
+
+
 class SmallCNN(nn.Module):
     def __init__(
         self,
@@ -54,10 +64,10 @@ class SmallCNN(nn.Module):
         self.normalize = Normalize(mean, std)
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.ReLU(inplace=True),
             nn.Conv2d(32, 64, 3, padding=1),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.ReLU(inplace=True),
             LayoutKeepingFlatten(),
             nn.Linear(64 * (height // 4) * (width // 4), 128),

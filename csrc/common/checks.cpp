@@ -154,4 +154,31 @@ void check_kl_args(const char* op, const at::Tensor& logits_p, const at::Tensor&
                     text(logits_q.device()), " but logits_p is on ", text(logits_p.device()));
 }
 
+void check_max_pool2x2_input(const at::Tensor& x, c10::DeviceType kernel_device) {
+  const char* op = "advprune.max_pool2x2";
+  check_float_tensor(op, "x", x);
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D [N, C, H, W], got shape ", text(x.sizes()));
+  TORCH_CHECK_VALUE(x.size(2) >= 2 && x.size(3) >= 2, op, ": x's images must be at least 2x2 to pool, got shape ",
+                    text(x.sizes()));
+  TORCH_CHECK_VALUE(x.device().type() == kernel_device, op, ": the ", text(c10::Device(kernel_device)),
+                    " kernel got x on ", text(x.device()));
+}
+
+void check_max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& argmax, int64_t height,
+                                int64_t width, c10::DeviceType kernel_device) {
+  const char* op = "advprune.max_pool2x2_backward";
+  check_float_tensor(op, "grad", grad);
+  TORCH_CHECK_VALUE(grad.dim() == 4, op, ": grad must be 4-D [N, C, H / 2, W / 2], got shape ",
+                    text(grad.sizes()));
+  TORCH_CHECK_VALUE(height >= 0 && width >= 0 && grad.size(2) == height / 2 && grad.size(3) == width / 2, op,
+                    ": grad has shape ", text(grad.sizes()), ", which is not the pooled shape of an input of ",
+                    text(height), "x", text(width));
+  TORCH_CHECK_TYPE(argmax.defined() && argmax.scalar_type() == at::kByte, op, ": argmax must be uint8");
+  TORCH_CHECK_VALUE(argmax.sizes() == grad.sizes(), op, ": argmax has shape ", text(argmax.sizes()),
+                    " but grad has shape ", text(grad.sizes()));
+  TORCH_CHECK_VALUE(grad.device().type() == kernel_device && argmax.device() == grad.device(), op, ": the ",
+                    text(c10::Device(kernel_device)), " kernel got grad on ", text(grad.device()),
+                    " and argmax on ", text(argmax.device()));
+}
+
 }  // namespace advprune

@@ -50,4 +50,11 @@ void check_scores_args(const at::Tensor& logits, const at::Tensor& labels, bool 
 // Two floating [N, C] logit tensors of the same shape, dtype and device, C >= 2.
 void check_kl_args(const char* op, const at::Tensor& logits_p, const at::Tensor& logits_q);
 
+// A floating [N, C, H, W] tensor with H, W >= 2 on the kernel's device.
+void check_max_pool2x2_input(const at::Tensor& x, c10::DeviceType kernel_device);
+
+// grad [N, C, H / 2, W / 2] floating and argmax uint8 of that shape, both on the kernel's device.
+void check_max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& argmax, int64_t height,
+                                int64_t width, c10::DeviceType kernel_device);
+
 }  // namespace advprune

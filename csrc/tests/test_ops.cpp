@@ -62,6 +62,23 @@ void test_kl_rows() {
   CHECK(max_abs_diff(op.call(p, q), want) < 1e-5);
 }
 
+void test_max_pool2x2() {
+  using Pooled = std::tuple<at::Tensor, at::Tensor>;
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow("advprune::max_pool2x2", "")
+                .typed<Pooled(const at::Tensor&)>();
+  auto backward = c10::Dispatcher::singleton()
+                      .findSchemaOrThrow("advprune::max_pool2x2_backward", "")
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>();
+  const at::Tensor x = at::randn({3, 5, 7, 6}).contiguous(at::MemoryFormat::ChannelsLast);
+  const auto [out, argmax] = op.call(x);
+  CHECK(max_abs_diff(out, at::max_pool2d(x, {2, 2})) == 0);
+  // the gradient of the sum of the pooled values: 1 at each window's maximum, 0 elsewhere
+  const at::Tensor grad_in = backward.call(at::ones_like(out), argmax, 7, 6);
+  const at::Tensor expected = x == at::constant_pad_nd(at::upsample_nearest2d(out, {6, 6}), {0, 0, 0, 1}, NAN);
+  CHECK(max_abs_diff(grad_in, expected.to(at::kFloat)) == 0);
+}
+
 void test_errors_name_what_was_received() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("advprune::sample_scores", "")
@@ -82,6 +99,7 @@ int main() {
   test_pgd_step();
   test_sample_scores();
   test_kl_rows();
+  test_max_pool2x2();
   test_errors_name_what_was_received();
   if (advprune::testing::failures() == 0) std::printf("test_ops: all checks passed\n");
   return advprune::testing::failures() == 0 ? 0 : 1;

@@ -1,0 +1,163 @@
+// CPU kernels of advprune::max_pool2x2 and its backward: 2x2 max pooling with stride 2 over a
+// channels_last batch, with max_pool2d's values, window positions and NaN rule (a NaN wins; among
+// equal values the first in row-major order). The argmax is one byte per output (0..3, dy * 2 + dx)
+// instead of PyTorch's int64 index, and the backward writes every input gradient exactly once (no
+// zero fill, no scatter): together a third of max_pool2d's time on the small CNN's layers.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "../common/checks.h"
+#include "vec_math.h"
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+namespace advprune::cpu {
+namespace {
+
+constexpr int64_t kElementGrain = 32768;
+
+// One row's values as opmath (float for 16-bit types): vectorised compares and selects, in row buffers
+// for the reduced types and on the data itself for float and double.
+template <typename scalar_t>
+struct RowBuffers {
+  using A = at::opmath_type<scalar_t>;
+  static constexpr bool kConvert = !std::is_same_v<scalar_t, A>;
+  std::vector<A> first, second, out;
+  std::vector<A> codes;  // the window positions as opmath values, for one conversion to uint8
+
+  RowBuffers(int64_t input_row, int64_t output_row)
+      : first(kConvert ? input_row : 0), second(kConvert ? input_row : 0),
+        out(kConvert ? output_row : 0), codes(output_row) {}
+};
+
+template <typename A>
+inline void store_codes(const A* codes, uint8_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(codes[i]);
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& x, const at::Tensor& out, const at::Tensor& argmax) {
+  using A = at::opmath_type<scalar_t>;
+  using V = Vec<A>;
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t oh = h / 2, ow = w / 2;
+  const scalar_t* in = x.const_data_ptr<scalar_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  uint8_t* k = argmax.data_ptr<uint8_t>();
+  const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(w * c * 2, 1));
+  at::parallel_for(0, n * oh, grain, [&](int64_t begin, int64_t end) {
+    RowBuffers<scalar_t> buf(w * c, ow * c);
+    for (int64_t row = begin; row < end; ++row) {  // one output row: image row / oh, pixel row % oh
+      const scalar_t* top_in = in + ((row / oh) * h + 2 * (row % oh)) * w * c;
+      const A* top = as_opmath(top_in, w * c, buf.first.data());
+      const A* bottom = as_opmath(top_in + w * c, w * c, buf.second.data());
+      A* out_row = buf.kConvert ? buf.out.data() : reinterpret_cast<A*>(o + row * ow * c);
+      for (int64_t j = 0; j < ow; ++j) {
+        for (int64_t ch = 0; ch < c; ch += V::size()) {
+          const int64_t count = std::min<int64_t>(V::size(), c - ch);
+          const int64_t at = 2 * j * c + ch;
+          V m = V::loadu(top + at, count), code(A(0));
+          // max_pool2d's rule, in its order: take v when v > max or v is NaN
+          const V candidates[3] = {V::loadu(top + at + c, count), V::loadu(bottom + at, count),
+                                   V::loadu(bottom + at + c, count)};
+          for (int i = 0; i < 3; ++i) {
+            const V take = (candidates[i] > m) | candidates[i].isnan();
+            m = V::blendv(m, candidates[i], take);
+            code = V::blendv(code, V(A(i + 1)), take);
+          }
+          m.store(out_row + j * c + ch, count);
+          code.store(buf.codes.data() + j * c + ch, count);
+        }
+      }
+      if constexpr (RowBuffers<scalar_t>::kConvert) {
+        at::vec::convert(out_row, o + row * ow * c, ow * c);  // exact: every value is an input's
+      }
+      store_codes(buf.codes.data(), k + row * ow * c, ow * c);
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& grad_in) {
+  using A = at::opmath_type<scalar_t>;
+  using V = Vec<A>;
+  const int64_t n = grad_in.size(0), c = grad_in.size(1), h = grad_in.size(2), w = grad_in.size(3);
+  const int64_t oh = h / 2, ow = w / 2;
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  const uint8_t* k = argmax.const_data_ptr<uint8_t>();
+  scalar_t* gi = grad_in.data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(w * c * 2, 1));
+  at::parallel_for(0, n * oh, grain, [&](int64_t begin, int64_t end) {
+    RowBuffers<scalar_t> buf(w * c, ow * c);  // first, second: the two input rows' gradients
+    for (int64_t row = begin; row < end; ++row) {  // one output row and the two input rows it pools
+      const A* src = as_opmath(g + row * ow * c, ow * c, buf.out.data());
+      for (int64_t i = 0; i < ow * c; ++i) buf.codes[i] = static_cast<A>(k[row * ow * c + i]);
+      scalar_t* top_out = gi + ((row / oh) * h + 2 * (row % oh)) * w * c;
+      A* rows[2] = {buf.kConvert ? buf.first.data() : reinterpret_cast<A*>(top_out),
+                    buf.kConvert ? buf.second.data() : reinterpret_cast<A*>(top_out + w * c)};
+      for (int64_t j = 0; j < ow; ++j) {
+        for (int64_t ch = 0; ch < c; ch += V::size()) {
+          const int64_t count = std::min<int64_t>(V::size(), c - ch);
+          const V value = V::loadu(src + j * c + ch, count), code = V::loadu(buf.codes.data() + j * c + ch, count);
+          const V zero(A(0));
+          for (int dy = 0; dy < 2; ++dy) {
+            for (int dx = 0; dx < 2; ++dx) {  // +0.0 where another position won, as max_pool2d's 0 + g
+              V::blendv(zero, value, code == V(A(dy * 2 + dx))).store(rows[dy] + (2 * j + dx) * c + ch, count);
+            }
+          }
+        }
+      }
+      for (A* r : rows) std::fill(r + 2 * ow * c, r + w * c, A(0));  // the odd last column
+      if constexpr (RowBuffers<scalar_t>::kConvert) {
+        at::vec::convert(rows[0], top_out, w * c);
+        at::vec::convert(rows[1], top_out + w * c, w * c);
+      }
+    }
+  });
+  if (h % 2) {  // the last row of an odd height is in no window
+    for (int64_t image = 0; image < n; ++image) {
+      scalar_t* last = gi + (image * h + h - 1) * w * c;
+      std::fill(last, last + w * c, scalar_t(0));
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2x2_cpu(const at::Tensor& input) {
+  check_max_pool2x2_input(input, c10::kCPU);
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto options = x.options().memory_format(at::MemoryFormat::ChannelsLast);
+  const std::vector<int64_t> shape{x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2};
+  at::Tensor out = at::empty(shape, options);
+  at::Tensor argmax = at::empty(shape, options.dtype(at::kByte));
+  if (out.numel() == 0) return {out, argmax};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2x2",
+                                  [&] { forward_kernel<scalar_t>(x, out, argmax); });
+  return {out, argmax};
+}
+
+at::Tensor max_pool2x2_backward_cpu(const at::Tensor& grad_output, const at::Tensor& argmax,
+                                    int64_t height, int64_t width) {
+  check_max_pool2x2_backward(grad_output, argmax, height, width, c10::kCPU);
+  const at::Tensor g = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor k = argmax.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor grad_in = at::empty({g.size(0), g.size(1), height, width},
+                                 g.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (grad_in.numel() == 0) return grad_in;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "max_pool2x2_backward",
+                                  [&] { backward_kernel<scalar_t>(g, k, grad_in); });
+  return grad_in;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(advprune, CPU, m) {
+  m.impl("max_pool2x2", &max_pool2x2_cpu);
+  m.impl("max_pool2x2_backward", &max_pool2x2_backward_cpu);
+}
+
+}  // namespace advprune::cpu
