@@ -40,45 +40,68 @@ inline void store_codes(const A* codes, uint8_t* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(codes[i]);
 }
 
+// The pooling's geometry (channels_last: each pixel's c channels are contiguous). Both directions split
+// the work by output row, the pair of input rows it pools, and walk its pixels in vector chunks.
+struct PoolGeometry {
+  int64_t n, c, h, w, oh, ow;
+
+  // From a tensor of the input's shape [N, C, H, W] (the input, or its gradient).
+  explicit PoolGeometry(const at::Tensor& t)
+      : n(t.size(0)), c(t.size(1)), h(t.size(2)), w(t.size(3)), oh(t.size(2) / 2), ow(t.size(3) / 2) {}
+
+  // The first of the two input rows that output row `row` (image row / oh, pooled row row % oh) pools.
+  int64_t input_offset(int64_t row) const { return ((row / oh) * h + 2 * (row % oh)) * w * c; }
+
+  // f(row, buffers) for every output row, rows split among threads.
+  template <typename scalar_t, typename F>
+  void for_each_output_row(const F& f) const {
+    const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(w * c * 2, 1));
+    at::parallel_for(0, n * oh, grain, [&](int64_t begin, int64_t end) {
+      RowBuffers<scalar_t> buf(w * c, ow * c);
+      for (int64_t row = begin; row < end; ++row) f(row, buf);
+    });
+  }
+
+  // f(j, ch, count) for each pooled pixel j of a row and each chunk of at most `lanes` channels from ch.
+  template <typename F>
+  void for_each_chunk(int64_t lanes, const F& f) const {
+    for (int64_t j = 0; j < ow; ++j) {
+      for (int64_t ch = 0; ch < c; ch += lanes) f(j, ch, std::min<int64_t>(lanes, c - ch));
+    }
+  }
+};
+
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const at::Tensor& out, const at::Tensor& argmax) {
   using A = at::opmath_type<scalar_t>;
   using V = Vec<A>;
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  const int64_t oh = h / 2, ow = w / 2;
+  const PoolGeometry p(x);
   const scalar_t* in = x.const_data_ptr<scalar_t>();
-  scalar_t* o = out.data_ptr<scalar_t>();
   uint8_t* k = argmax.data_ptr<uint8_t>();
-  const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(w * c * 2, 1));
-  at::parallel_for(0, n * oh, grain, [&](int64_t begin, int64_t end) {
-    RowBuffers<scalar_t> buf(w * c, ow * c);
-    for (int64_t row = begin; row < end; ++row) {  // one output row: image row / oh, pixel row % oh
-      const scalar_t* top_in = in + ((row / oh) * h + 2 * (row % oh)) * w * c;
-      const A* top = as_opmath(top_in, w * c, buf.first.data());
-      const A* bottom = as_opmath(top_in + w * c, w * c, buf.second.data());
-      A* out_row = buf.kConvert ? buf.out.data() : reinterpret_cast<A*>(o + row * ow * c);
-      for (int64_t j = 0; j < ow; ++j) {
-        for (int64_t ch = 0; ch < c; ch += V::size()) {
-          const int64_t count = std::min<int64_t>(V::size(), c - ch);
-          const int64_t at = 2 * j * c + ch;
-          V m = V::loadu(top + at, count), code(A(0));
-          // max_pool2d's rule, in its order: take v when v > max or v is NaN
-          const V candidates[3] = {V::loadu(top + at + c, count), V::loadu(bottom + at, count),
-                                   V::loadu(bottom + at + c, count)};
-          for (int i = 0; i < 3; ++i) {
-            const V take = (candidates[i] > m) | candidates[i].isnan();
-            m = V::blendv(m, candidates[i], take);
-            code = V::blendv(code, V(A(i + 1)), take);
-          }
-          m.store(out_row + j * c + ch, count);
-          code.store(buf.codes.data() + j * c + ch, count);
-        }
+  scalar_t* o = out.data_ptr<scalar_t>();
+  const int64_t wc = p.w * p.c, row_out = p.ow * p.c;
+  p.for_each_output_row<scalar_t>([&](int64_t row, RowBuffers<scalar_t>& buf) {
+    const A* top = as_opmath(in + p.input_offset(row), wc, buf.first.data());
+    const A* bottom = as_opmath(in + p.input_offset(row) + wc, wc, buf.second.data());
+    A* out_row = buf.kConvert ? buf.out.data() : reinterpret_cast<A*>(o + row * row_out);
+    p.for_each_chunk(V::size(), [&](int64_t j, int64_t ch, int64_t count) {
+      const int64_t at = 2 * j * p.c + ch;
+      V m = V::loadu(top + at, count), code(A(0));
+      // max_pool2d's rule, in its order: take v when v > max or v is NaN
+      const V candidates[3] = {V::loadu(top + at + p.c, count), V::loadu(bottom + at, count),
+                               V::loadu(bottom + at + p.c, count)};
+      for (int i = 0; i < 3; ++i) {
+        const V take = (candidates[i] > m) | candidates[i].isnan();
+        m = V::blendv(m, candidates[i], take);
+        code = V::blendv(code, V(A(i + 1)), take);
       }
-      if constexpr (RowBuffers<scalar_t>::kConvert) {
-        at::vec::convert(out_row, o + row * ow * c, ow * c);  // exact: every value is an input's
-      }
-      store_codes(buf.codes.data(), k + row * ow * c, ow * c);
+      m.store(out_row + j * p.c + ch, count);
+      code.store(buf.codes.data() + j * p.c + ch, count);
+    });
+    if constexpr (RowBuffers<scalar_t>::kConvert) {
+      at::vec::convert(out_row, o + row * row_out, row_out);  // exact: every value is an input's
     }
+    store_codes(buf.codes.data(), k + row * row_out, row_out);
   });
 }
 
@@ -86,43 +109,36 @@ template <typename scalar_t>
 void backward_kernel(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& grad_in) {
   using A = at::opmath_type<scalar_t>;
   using V = Vec<A>;
-  const int64_t n = grad_in.size(0), c = grad_in.size(1), h = grad_in.size(2), w = grad_in.size(3);
-  const int64_t oh = h / 2, ow = w / 2;
+  const PoolGeometry p(grad_in);
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const uint8_t* k = argmax.const_data_ptr<uint8_t>();
   scalar_t* gi = grad_in.data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(w * c * 2, 1));
-  at::parallel_for(0, n * oh, grain, [&](int64_t begin, int64_t end) {
-    RowBuffers<scalar_t> buf(w * c, ow * c);  // first, second: the two input rows' gradients
-    for (int64_t row = begin; row < end; ++row) {  // one output row and the two input rows it pools
-      const A* src = as_opmath(g + row * ow * c, ow * c, buf.out.data());
-      for (int64_t i = 0; i < ow * c; ++i) buf.codes[i] = static_cast<A>(k[row * ow * c + i]);
-      scalar_t* top_out = gi + ((row / oh) * h + 2 * (row % oh)) * w * c;
-      A* rows[2] = {buf.kConvert ? buf.first.data() : reinterpret_cast<A*>(top_out),
-                    buf.kConvert ? buf.second.data() : reinterpret_cast<A*>(top_out + w * c)};
-      for (int64_t j = 0; j < ow; ++j) {
-        for (int64_t ch = 0; ch < c; ch += V::size()) {
-          const int64_t count = std::min<int64_t>(V::size(), c - ch);
-          const V value = V::loadu(src + j * c + ch, count), code = V::loadu(buf.codes.data() + j * c + ch, count);
-          const V zero(A(0));
-          for (int dy = 0; dy < 2; ++dy) {
-            for (int dx = 0; dx < 2; ++dx) {  // +0.0 where another position won, as max_pool2d's 0 + g
-              V::blendv(zero, value, code == V(A(dy * 2 + dx))).store(rows[dy] + (2 * j + dx) * c + ch, count);
-            }
-          }
+  const int64_t wc = p.w * p.c, row_out = p.ow * p.c;
+  p.for_each_output_row<scalar_t>([&](int64_t row, RowBuffers<scalar_t>& buf) {
+    // buf.first and buf.second: the two input rows' gradients, when they are not written in place
+    const A* src = as_opmath(g + row * row_out, row_out, buf.out.data());
+    for (int64_t i = 0; i < row_out; ++i) buf.codes[i] = static_cast<A>(k[row * row_out + i]);
+    scalar_t* top_out = gi + p.input_offset(row);
+    A* rows[2] = {buf.kConvert ? buf.first.data() : reinterpret_cast<A*>(top_out),
+                  buf.kConvert ? buf.second.data() : reinterpret_cast<A*>(top_out + wc)};
+    p.for_each_chunk(V::size(), [&](int64_t j, int64_t ch, int64_t count) {
+      const V value = V::loadu(src + j * p.c + ch, count), code = V::loadu(buf.codes.data() + j * p.c + ch, count);
+      for (int dy = 0; dy < 2; ++dy) {
+        for (int dx = 0; dx < 2; ++dx) {  // +0.0 where another position won, as max_pool2d's 0 + g
+          V::blendv(V(A(0)), value, code == V(A(dy * 2 + dx))).store(rows[dy] + (2 * j + dx) * p.c + ch, count);
         }
       }
-      for (A* r : rows) std::fill(r + 2 * ow * c, r + w * c, A(0));  // the odd last column
-      if constexpr (RowBuffers<scalar_t>::kConvert) {
-        at::vec::convert(rows[0], top_out, w * c);
-        at::vec::convert(rows[1], top_out + w * c, w * c);
-      }
+    });
+    for (A* r : rows) std::fill(r + 2 * row_out, r + wc, A(0));  // the odd last column
+    if constexpr (RowBuffers<scalar_t>::kConvert) {
+      at::vec::convert(rows[0], top_out, wc);
+      at::vec::convert(rows[1], top_out + wc, wc);
     }
   });
-  if (h % 2) {  // the last row of an odd height is in no window
-    for (int64_t image = 0; image < n; ++image) {
-      scalar_t* last = gi + (image * h + h - 1) * w * c;
-      std::fill(last, last + w * c, scalar_t(0));
+  if (p.h % 2) {  // the last row of an odd height is in no window
+    for (int64_t image = 0; image < p.n; ++image) {
+      scalar_t* last = gi + (image * p.h + p.h - 1) * wc;
+      std::fill(last, last + wc, scalar_t(0));
     }
   }
 }
