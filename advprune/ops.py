@@ -183,8 +183,8 @@ def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
 
     The compiled kernel keeps each output's window position in one byte (not an int64 index) and its
     backward writes each input gradient once; it serves channels_last CPU tensors of 4 dims, and
-    max_pool2d everything else (other layouts, other devices, no compiled extension). Its backward is
-    not differentiable again (no double backward through this pooling).
+    max_pool2d everything else (other layouts, other devices, no compiled extension). Double backward
+    works as through max_pool2d.
     """
     if _EXT and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return _MaxPool2x2.apply(x)
@@ -205,7 +205,26 @@ class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (argmax,) = ctx.saved_tensors
-        return torch.ops.advprune.max_pool2x2_backward(grad, argmax, *ctx.input_size)
+        return _MaxPool2x2Backward.apply(grad, argmax, ctx.input_size)
+
+
+class _MaxPool2x2Backward(torch.autograd.Function):
+    """The pooling's backward (each output gradient to its window's winner, 0 elsewhere), itself
+    differentiable for double backward (gradient penalties): linear in grad, so its own backward takes
+    each window's winner from the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, grad: torch.Tensor, argmax: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(argmax)
+        return torch.ops.advprune.max_pool2x2_backward(grad, argmax, *input_size)
+
+    @staticmethod
+    def backward(ctx, grad_grad_in: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (argmax,) = ctx.saved_tensors
+        n, c, oh, ow = argmax.shape
+        windows = grad_grad_in[:, :, : 2 * oh, : 2 * ow].reshape(n, c, oh, 2, ow, 2).transpose(3, 4)
+        winners = windows.reshape(n, c, oh, ow, 4).gather(-1, argmax.long().unsqueeze(-1)).squeeze(-1)
+        return winners, None, None
 
 
 # ------------------------------------------------- fake kernels and autograd

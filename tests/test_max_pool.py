@@ -146,3 +146,19 @@ def test_the_ops_pass_opcheck_and_compile_in_one_graph():
     got = _pool_and_grad(compiled, x, grad)
     want = _pool_and_grad(lambda t: ops.max_pool2x2(t) * 2, x, grad)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_double_backward_equals_max_pool2d_s():
+    """A gradient penalty differentiates the pooling's backward: gradcheck and gradgradcheck in float64, and
+    the penalty's gradient against max_pool2d's."""
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    leaf = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(ops.max_pool2x2, (leaf,))
+    assert torch.autograd.gradgradcheck(ops.max_pool2x2, (leaf,))
+    weights = torch.randn(2, 3, 3, 2, dtype=torch.float64)
+    penalties = []
+    for pool in (ops.max_pool2x2, lambda t: F.max_pool2d(t, 2)):
+        inner = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad((pool(inner) ** 2 * weights).sum(), inner, create_graph=True)
+        penalties.append(torch.autograd.grad((grad**2).sum(), inner)[0])
+    assert torch.equal(penalties[0], penalties[1]) and penalties[0].abs().sum() > 0
