@@ -272,10 +272,8 @@ if _EXT:
     @torch.library.register_fake("advprune::max_pool2x2")
     def _max_pool2x2_fake(x):
         n, c, h, w = x.shape
-        options = {"dtype": x.dtype, "device": x.device, "memory_format": torch.channels_last}
-        return torch.empty((n, c, h // 2, w // 2), **options), torch.empty(
-            (n, c, h // 2, w // 2), **{**options, "dtype": torch.uint8}
-        )
+        out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        return out, torch.empty_like(out, dtype=torch.uint8)
 
     @torch.library.register_fake("advprune::max_pool2x2_backward")
     def _max_pool2x2_backward_fake(grad, argmax, height, width):

@@ -36,9 +36,11 @@ struct RowBuffers {
         out(kConvert ? output_row : 0), codes(output_row) {}
 };
 
-template <typename A>
-inline void store_codes(const A* codes, uint8_t* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(codes[i]);
+// The window positions between uint8 and opmath values: a plain cast the compiler vectorises
+// (at::vec::convert's generic path, which these types take, runs several times slower).
+template <typename From, typename To>
+inline void cast_codes(const From* from, To* to, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(from[i]);
 }
 
 // The pooling's geometry (channels_last: each pixel's c channels are contiguous). Both directions split
@@ -82,8 +84,9 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& out, const at::Tensor
   scalar_t* o = out.data_ptr<scalar_t>();
   const int64_t wc = p.w * p.c, row_out = p.ow * p.c;
   p.for_each_output_row<scalar_t>([&](int64_t row, RowBuffers<scalar_t>& buf) {
-    const A* top = as_opmath(in + p.input_offset(row), wc, buf.first.data());
-    const A* bottom = as_opmath(in + p.input_offset(row) + wc, wc, buf.second.data());
+    const scalar_t* top_in = in + p.input_offset(row);
+    const A* top = as_opmath(top_in, wc, buf.first.data());
+    const A* bottom = as_opmath(top_in + wc, wc, buf.second.data());
     A* out_row = buf.kConvert ? buf.out.data() : reinterpret_cast<A*>(o + row * row_out);
     p.for_each_chunk(V::size(), [&](int64_t j, int64_t ch, int64_t count) {
       const int64_t at = 2 * j * p.c + ch;
@@ -102,7 +105,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& out, const at::Tensor
     if constexpr (RowBuffers<scalar_t>::kConvert) {
       at::vec::convert(out_row, o + row * row_out, row_out);  // exact: every value is an input's
     }
-    store_codes(buf.codes.data(), k + row * row_out, row_out);
+    cast_codes(buf.codes.data(), k + row * row_out, row_out);
   });
 }
 
@@ -118,7 +121,7 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& argmax, const at:
   p.for_each_output_row<scalar_t>([&](int64_t row, RowBuffers<scalar_t>& buf) {
     // buf.first and buf.second: the two input rows' gradients, when they are not written in place
     const A* src = as_opmath(g + row * row_out, row_out, buf.out.data());
-    for (int64_t i = 0; i < row_out; ++i) buf.codes[i] = static_cast<A>(k[row * row_out + i]);
+    cast_codes(k + row * row_out, buf.codes.data(), row_out);
     scalar_t* top_out = gi + p.input_offset(row);
     A* rows[2] = {buf.kConvert ? buf.first.data() : reinterpret_cast<A*>(top_out),
                   buf.kConvert ? buf.second.data() : reinterpret_cast<A*>(top_out + wc)};
