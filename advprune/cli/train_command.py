@@ -14,7 +14,37 @@ from advprune.cli.factory import RunFactory, check_training_options, training_da
 from advprune.machine import machine_record
 
 if TYPE_CHECKING:
+    import torch
+
+    from advprune.pruning.spec import PruneSpec
     from advprune.train import AttackConfig
+
+
+def _static_scores(
+    args: argparse.Namespace, factory: RunFactory, out: Path, spec: PruneSpec, record: dict
+) -> dict[str, torch.Tensor]:
+    """The scores a static score-based selection ranks by: read from --scores, or made by --score-pass's
+    warm-up trainings (saved as scores.npz); the record gets the file and the scoring seconds."""
+    from advprune.prune_setup import Stopwatch
+    from advprune.scores import load_scores, save_scores
+
+    if args.scores is not None:
+        scores, scores_meta = load_scores(args.scores)
+        record.update(scores_file=str(args.scores), scoring_seconds=float(scores_meta.get("seconds", 0.0)))
+        return scores
+    if factory.world.distributed:
+        raise UsageError(
+            "--score-pass runs warm-up trainings of its own: under torchrun, score with "
+            "`advprune score` first and pass --scores FILE, or let the run choose (no --score-pass)"
+        )
+    with Stopwatch() as watch:
+        scores = factory.warmup_scores(
+            args.score_epochs, args.score_seeds, args.score_attack, deepfool=spec.score == "deepfool"
+        )
+    meta = {"seconds": watch.seconds, "warmup_epochs": args.score_epochs, "seeds": args.score_seeds}
+    save_scores(out / "scores.npz", scores, {**meta, "attack": args.score_attack})
+    record.update(scores_file=str(out / "scores.npz"), scoring_seconds=watch.seconds)
+    return scores
 
 
 def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
@@ -22,9 +52,8 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
     made from the pool: the held-out validation ids are never trained on."""
     import torch
 
-    from advprune.prune_setup import Stopwatch, dynamic_pruner, static_indices, warmup_selector
+    from advprune.prune_setup import dynamic_pruner, static_indices, warmup_selector
     from advprune.pruning import load_indices, parse_spec, save_indices
-    from advprune.scores import load_scores, save_scores
 
     if args.prune is None:
         if args.scores is not None:
@@ -56,31 +85,7 @@ def _pruning(args: argparse.Namespace, factory: RunFactory, out: Path):
             pool=pool,
         )
         return None, selector, {**record, "scores": "a scoring pass at the end of the warm-up"}
-    scores = None
-    if spec.needs_scores and args.scores is not None:
-        scores, scores_meta = load_scores(args.scores)
-        record.update(scores_file=str(args.scores), scoring_seconds=float(scores_meta.get("seconds", 0.0)))
-    elif spec.needs_scores:
-        if factory.world.distributed:
-            raise UsageError(
-                "--score-pass runs warm-up trainings of its own: under torchrun, score with "
-                "`advprune score` first and pass --scores FILE, or let the run choose (no --score-pass)"
-            )
-        with Stopwatch() as watch:
-            scores = factory.warmup_scores(
-                args.score_epochs, args.score_seeds, args.score_attack, deepfool=spec.score == "deepfool"
-            )
-        save_scores(
-            out / "scores.npz",
-            scores,
-            {
-                "seconds": watch.seconds,
-                "warmup_epochs": args.score_epochs,
-                "seeds": args.score_seeds,
-                "attack": args.score_attack,
-            },
-        )
-        record.update(scores_file=str(out / "scores.npz"), scoring_seconds=watch.seconds)
+    scores = _static_scores(args, factory, out, spec, record) if spec.needs_scores else None
     indices = static_indices(
         spec, n, labels, scores=scores, class_balanced=args.class_balanced, seed=args.seed, pool=pool
     )
