@@ -78,6 +78,48 @@ def test_autoattack_runs_each_stage_on_the_samples_still_robust(trained, monkeyp
     assert "apgd-ce" in text and "AutoAttack" in text
 
 
+def test_autoattack_attacks_with_the_weights_frozen_and_restores_them(trained, monkeypatch):
+    pytest.importorskip("torchattacks")
+    model, x, y = trained
+    model = copy.deepcopy(model)
+    model.linear.bias.requires_grad_(False)  # a user's partly frozen model gets its own flags back
+    before = [p.requires_grad for p in model.parameters()]
+    real, frozen_during = autoattack.stage_attack, []
+
+    def watching(name, *args, **kwargs):
+        attack = real(name, *args, **kwargs)
+
+        def run(images, labels):
+            frozen_during.append(not any(p.requires_grad for p in model.parameters()))
+            return attack(images, labels)
+
+        return run
+
+    monkeypatch.setattr(autoattack, "stage_attack", watching)
+    evaluate(model, x, y, attack="autoattack", eps=0.05, n=8, batch_size=4, stages=("apgd-ce",))
+    assert frozen_during and all(frozen_during)
+    assert [p.requires_grad for p in model.parameters()] == before
+    with pytest.raises(KeyboardInterrupt), autoattack.weights_frozen(model):
+        raise KeyboardInterrupt
+    assert [p.requires_grad for p in model.parameters()] == before
+
+
+def test_frozen_weights_give_fab_the_same_examples(trained):
+    pytest.importorskip("torchattacks")
+    model, x, y = trained
+    model = copy.deepcopy(model).eval()
+
+    def fab_examples():
+        attack = autoattack.stage_attack("fab-t", model, eps=0.05, norm="linf", num_classes=10, seed=0)
+        attack.n_target_classes = 1
+        return attack(x[:4], y[:4])
+
+    with autoattack.weights_frozen(model):
+        frozen = fab_examples()
+    assert torch.equal(fab_examples(), frozen) and not torch.equal(frozen, x[:4])
+    model.zero_grad(set_to_none=True)
+
+
 def test_autoattack_subset_of_stages_and_bad_names(trained):
     pytest.importorskip("torchattacks")
     model, x, y = trained
