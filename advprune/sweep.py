@@ -15,7 +15,8 @@ A sweep config (TOML) has three tables:
                         train = {reuse_perturbation = "int8"}}]
               fractions = [0.6, 0.4, 0.2]; seeds = [0, 1, 2]
               (a spec without {fraction} runs once per seed; "none" is the full data; a table is a named
-              variant: its prune spec with train options of its own over [train]'s)
+              variant: its prune spec with train options of its own over [train]'s, and optionally seeds of
+              its own instead of the grid's)
     [eval]    n = 1000; pgd_steps = 50; autoattack_stages = "apgd-ce,apgd-t" (or "standard")
     [final]   (optional) runs = ["full-*", "random-0.2-*"]; n = 1000; autoattack_stages = "standard":
               the rows that carry conclusions evaluated once more with the full AutoAttack, a final.jsonl
@@ -86,21 +87,35 @@ def load_sweep(path: str | Path) -> dict:
 
 def grid_runs(grid: dict) -> list[GridRun]:
     """Every (spec, fraction, seed) of the grid, in the order they run: seed by seed, so that a sweep cut
-    short has whole seeds of every strategy rather than all seeds of a few."""
+    short has whole seeds of every strategy rather than all seeds of a few. A variant with seeds of its own
+    runs for those instead of the grid's (more seeds where a comparison is close)."""
+    shared = list(grid.get("seeds", [0]))
+    entry_seeds = [_variant_seeds(e) if isinstance(e, dict) and "seeds" in e else shared for e in grid["specs"]]
+    extra = sorted({seed for seeds in entry_seeds for seed in seeds} - set(shared))
     runs = []
-    for seed in grid.get("seeds", [0]):
-        for entry in grid["specs"]:
-            runs += _entry_runs(entry, grid.get("fractions", []), seed)
+    for seed in shared + extra:
+        for entry, seeds in zip(grid["specs"], entry_seeds, strict=True):
+            if seed in seeds:
+                runs += _entry_runs(entry, grid.get("fractions", []), seed)
     return runs
+
+
+def _variant_seeds(entry: dict) -> list[int]:
+    seeds = entry["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(type(s) is int and s >= 0 for s in seeds):
+        raise ValueError(f"[grid] variant {entry.get('name')!r}: seeds is a list of whole numbers >= 0, got {seeds!r}")
+    return seeds
 
 
 def _entry_runs(entry: str | dict, fractions: list[float], seed: int) -> list[GridRun]:
     """The runs of one [grid] specs entry for one seed: a spec string, or a variant table (name, prune,
-    train)."""
+    train, seeds)."""
     if isinstance(entry, dict):
-        unknown = set(entry) - {"name", "prune", "train"}
+        unknown = set(entry) - {"name", "prune", "train", "seeds"}
         if unknown or "name" not in entry or "prune" not in entry:
-            raise ValueError(f"a [grid] variant is {{name = ..., prune = ..., train = {{...}}}}, got {entry}")
+            raise ValueError(
+                f"a [grid] variant is {{name = ..., prune = ..., train = {{...}}, seeds = [...]}}, got {entry}"
+            )
         options = tuple(sorted(entry.get("train", {}).items()))
         label = entry["name"] + (":{fraction}" if "{fraction}" in entry["prune"] else "")
         return [

@@ -327,6 +327,16 @@ def test_a_named_variant_runs_its_spec_with_train_options_of_its_own(tmp_path, m
         grid_runs({"specs": [{"name": "x"}], "seeds": [0]})
 
 
+def test_a_variant_with_seeds_of_its_own_runs_for_those_alone_after_the_grids_seeds():
+    more = {"name": "random+more", "prune": "random:{fraction}", "seeds": [4, 0, 3]}
+    names = [run.name for run in grid_runs({"specs": ["none", more], "fractions": [0.5], "seeds": [1, 0]})]
+    more_runs = [f"random_more-0.5-seed{seed}" for seed in (0, 3, 4)]
+    assert names == ["full-seed1", "full-seed0", *more_runs]
+    for bad in ([], [1, -2], "0,1", [1.5]):
+        with pytest.raises(ValueError, match=r"variant 'random\+more': seeds is a list of whole numbers"):
+            grid_runs({"specs": [{**more, "seeds": bad}], "fractions": [0.5]})
+
+
 def test_the_share_of_randoms_gap_closed_at_the_same_fraction():
     def rows(spec, fraction, accs, wall):
         metrics = ("clean_acc", "pgd_acc", "autoattack_acc")
