@@ -62,8 +62,8 @@ def _within_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) ->
 @contextmanager
 def weights_frozen(model: nn.Module) -> Iterator[None]:
     """The model's parameters without requires_grad inside, as they were after. The attacks need only the input's
-    gradient, but FAB's loss.backward() also computes every weight's: frozen, FAB-T takes about 0.83x the time
-    (one Zen 4 core, the CIFAR-10 small ResNet), with the same examples bit for bit."""
+    gradient, but FAB's loss.backward() also computes every weight's: frozen, FAB-T takes 0.79x the time
+    (bench/autoattack_frozen.py: one Zen 4 core, the CIFAR-10 small ResNet), with the same examples bit for bit."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
