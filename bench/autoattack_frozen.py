@@ -10,6 +10,7 @@ skips the weight gradients that FAB's loss.backward() computes and nothing reads
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -32,10 +33,7 @@ def attack_once(model, name: str, x, y, meta: dict, targets: int, frozen: bool) 
     if hasattr(attack, "n_target_classes"):
         attack.n_target_classes = targets
     start = time.perf_counter()
-    if frozen:
-        with autoattack.weights_frozen(model):
-            x_adv = attack(x, y)
-    else:
+    with autoattack.weights_frozen(model) if frozen else contextlib.nullcontext():
         x_adv = attack(x, y)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
@@ -60,12 +58,12 @@ def main() -> None:
     print("| stage | weights requiring gradients | frozen | ratio (median of rounds) | same examples |")
     print("| --- | ---: | ---: | ---: | --- |")
     for name in autoattack.parse_stages(args.stages, "--stages"):
-        seconds, examples = {False: [], True: []}, {}
+        seconds, examples = {False: [], True: []}, {False: [], True: []}
         for _ in range(args.rounds):
             for frozen in (False, True):
                 x_adv, s = attack_once(model, name, x, y, meta, args.targets, frozen)
                 seconds[frozen].append(s)
-                examples.setdefault(frozen, []).append(x_adv)
+                examples[frozen].append(x_adv)
         same = all(torch.equal(a, examples[False][0]) for a in examples[False] + examples[True])
         ratio = statistics.median(f / u for f, u in zip(seconds[True], seconds[False], strict=True))
         rows[name] = {"requiring_s": seconds[False], "frozen_s": seconds[True], "ratio": ratio, "same_examples": same}
