@@ -134,14 +134,15 @@ def select_runs(runs: list[GridRun], only: list[str] | None) -> list[GridRun]:
     order; all of them for None. A pattern that matches no run is a mistake worth naming."""
     if not only:
         return runs
-    unmatched = [pattern for pattern in only if not _matching(runs, [pattern])]
+    unmatched = [pattern for pattern in only if not matching_runs(runs, [pattern])]
     if unmatched:
         names = ", ".join(r.name for r in runs[:6])
         raise ValueError(f"--only {', '.join(unmatched)} matches no run of the grid (its runs: {names}, ...)")
-    return _matching(runs, only)
+    return matching_runs(runs, only)
 
 
-def _matching(runs: list[GridRun], patterns: list[str]) -> list[GridRun]:
+def matching_runs(runs: list[GridRun], patterns: list[str]) -> list[GridRun]:
+    """The runs whose names match one of the shell patterns, in grid order."""
     return [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in patterns)]
 
 
@@ -366,7 +367,7 @@ def _final_evaluations(config: dict, out: Path, runs: list[GridRun], log, rebuil
     """The [final] table's runs, once finished, evaluated with its AutoAttack (standard by default) on its n
     test images: one final.jsonl line each. A run without its model (a copied folder) waits, or with rebuild
     has it trained again and checked against its records (advprune.sweep_rebuild)."""
-    for run in _matching(runs, config["final"].get("runs", [])):
+    for run in matching_runs(runs, config["final"].get("runs", [])):
         if run.name in _results(out) and run.name not in _finals(out):
             if not (out / "runs" / run.name / "last.pt").exists() and not _rebuilt(run, out, config, log, rebuild):
                 continue

@@ -269,6 +269,12 @@ def _sweep_parsers(commands) -> None:
         "default: its table would mix them); for a change that alters nothing a run computes or times",
     )
     s.add_argument("--quiet", action="store_true")
+    s.add_argument(
+        "--status",
+        action="store_true",
+        help="run nothing: print where each run (of those --only names) stands, its final evaluation too, also "
+        "while other sweep processes work in the folder",
+    )
     s.set_defaults(run=sweep_command)
     r = commands.add_parser("report", help="a sweep's (or a run's) table and plots: report.md and PNGs")
     r.add_argument("folder", help="a sweep folder (results.jsonl) or a run folder (metrics.jsonl)")

@@ -15,6 +15,11 @@ def sweep_command(args: argparse.Namespace) -> None:
         raise UsageError("--rebuild-models makes models for the [final] evaluations, which --no-final leaves out")
     config = load_sweep(args.sweep_config)
     out = Path(args.out or f"sweeps/{Path(args.sweep_config).stem}")
+    if args.status:
+        from advprune.sweep_status import format_status, sweep_status
+
+        print(format_status(sweep_status(config, out, args.only)))
+        return
     log = (lambda _line: None) if args.quiet else print
     results = run_sweep(
         config,
