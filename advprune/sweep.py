@@ -197,10 +197,15 @@ def train_epochs(options: dict) -> int:
     return int(options.get("epochs", DEFAULT_EPOCHS))
 
 
+def epochs_trained(folder: Path) -> int:
+    """The epochs a run folder's metrics log records (0 for a folder without one)."""
+    records = epoch_records(read_run_metrics(folder))
+    return records[-1]["epoch"] + 1 if records else 0
+
+
 def is_trained(folder: Path, epochs: int) -> bool:
     """Whether a run folder holds all `epochs` epochs and the checkpoint of the last."""
-    records = epoch_records(read_run_metrics(folder))
-    return bool(records) and records[-1]["epoch"] + 1 >= epochs and (folder / "last.pt").exists()
+    return epochs_trained(folder) >= epochs and (folder / "last.pt").exists()
 
 
 def run_options(run: GridRun, train: dict) -> dict:
