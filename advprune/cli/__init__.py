@@ -23,10 +23,11 @@ MISTAKES = (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsErro
 def _faults() -> tuple[type[BaseException], ...]:
     from advprune.distributed import RankFailure
     from advprune.sweep import RunFailed
+    from advprune.sweep_workers import WorkersFailed
     from advprune.train import TrainingDiverged
     from advprune.train.folder_lock import RunFolderBusy
 
-    return (DiskFull, RunFolderBusy, TrainingDiverged, GroupFailed, RankFailure, RunFailed)
+    return (DiskFull, RunFolderBusy, TrainingDiverged, GroupFailed, RankFailure, RunFailed, WorkersFailed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

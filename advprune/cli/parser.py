@@ -275,6 +275,14 @@ def _sweep_parsers(commands) -> None:
         help="run nothing: print where each run (of those --only names) stands, its final evaluation too, also "
         "while other sweep processes work in the folder",
     )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N sweep processes on the folder, each pinned to its own equal share of this process's CPUs "
+        "with one thread per CPU, started a few seconds apart, logging to FOLDER/worker-K.log",
+    )
     s.set_defaults(run=sweep_command)
     r = commands.add_parser("report", help="a sweep's (or a run's) table and plots: report.md and PNGs")
     r.add_argument("folder", help="a sweep folder (results.jsonl) or a run folder (metrics.jsonl)")

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 from advprune.cli.common import UsageError
 
+# the flags a worker of --workers gets as they were given (--only, --out and --workers are handled apart)
+_WORKER_FLAGS = ("no_final", "rebuild_models", "mixed_machines", "mixed_configs", "quiet")
+
 
 def sweep_command(args: argparse.Namespace) -> None:
     from advprune.sweep import load_sweep, run_sweep
+    from advprune.sweep_workers import announce_worker, run_workers
 
     if args.rebuild_models and args.no_final:
         raise UsageError("--rebuild-models makes models for the [final] evaluations, which --no-final leaves out")
+    if args.workers is not None and args.status:
+        raise UsageError("--status runs nothing, so it takes no --workers")
     config = load_sweep(args.sweep_config)
     out = Path(args.out or f"sweeps/{Path(args.sweep_config).stem}")
     if args.status:
@@ -21,17 +30,46 @@ def sweep_command(args: argparse.Namespace) -> None:
         print(format_status(sweep_status(config, out, args.only)))
         return
     log = (lambda _line: None) if args.quiet else print
-    results = run_sweep(
-        config,
-        out,
-        log=log,
-        only=args.only,
-        final=not args.no_final,
-        mixed_machines=args.mixed_machines,
-        mixed_configs=args.mixed_configs,
-        rebuild_models=args.rebuild_models,
-    )
+    if args.workers is not None:
+        run_workers(_worker_args(args, out), args.workers, out, log=log)
+        print(f"all {args.workers} workers finished; advprune report {out} makes the table and plots")
+        return
+    if (line := announce_worker()) is not None:
+        log(line)
+    with _sigterm_ends_the_sweep():
+        results = run_sweep(
+            config,
+            out,
+            log=log,
+            only=args.only,
+            final=not args.no_final,
+            mixed_machines=args.mixed_machines,
+            mixed_configs=args.mixed_configs,
+            rebuild_models=args.rebuild_models,
+        )
     print(f"{len(results)} runs finished in {out}/results.jsonl; advprune report {out} makes the table and plots")
+
+
+def _worker_args(args: argparse.Namespace, out: Path) -> list[str]:
+    """The `advprune sweep` arguments of one worker: this call's, less --workers."""
+    flags = ["--" + name.replace("_", "-") for name in _WORKER_FLAGS if getattr(args, name)]
+    only = ["--only", ",".join(args.only)] if args.only else []
+    return ["sweep", args.sweep_config, "--out", str(out), *only, *flags]
+
+
+@contextlib.contextmanager
+def _sigterm_ends_the_sweep() -> Iterator[None]:
+    """SIGTERM raises SystemExit, so that the `advprune train` the sweep waits on is ended with it (on the way
+    out subprocess.run kills its child) instead of training on without the sweep's claim on its folder."""
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def report_command(args: argparse.Namespace) -> None:
