@@ -10,6 +10,7 @@ import itertools
 import math
 import statistics
 from collections import Counter, defaultdict
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from advprune._deps import require
@@ -18,6 +19,19 @@ from advprune.machine import machine_kind
 from advprune.train.run_folder import epoch_records, read_run_metrics
 
 METRICS = ("clean_acc", "pgd_acc", "autoattack_acc", "total_s")
+
+
+@dataclass(frozen=True)
+class References:
+    """The strategies the comparison columns measure against: `random` pruning at each fraction (its rows'
+    specs are "random:F") and the `full` data (spec "full"); a named variant such as random+noaug and
+    full+noaug compares each strategy with references trained in the same regime."""
+
+    random: str = "random"
+    full: str = "full"
+
+
+DEFAULT_REFERENCES = References()
 
 
 def load_results(sweep: Path, name: str = "results.jsonl") -> list[dict]:
@@ -91,12 +105,30 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _random_groups(groups) -> dict[float, list[dict]]:
-    randoms = {f: rows for (spec, f), rows in groups.items() if spec.startswith("random:")}
+def _random_groups(groups, refs: References = DEFAULT_REFERENCES) -> dict[float, list[dict]]:
+    """The random reference's rows by fraction, the full data's at 1.0."""
+    randoms = {f: rows for (spec, f), rows in groups.items() if _is_random(spec, refs)}
     for (spec, _f), rows in groups.items():
-        if spec == "full":
+        if spec == refs.full:
             randoms[1.0] = rows
     return randoms
+
+
+def _is_random(spec: str, refs: References) -> bool:
+    return spec.startswith(f"{refs.random}:")
+
+
+def check_references(results: list[dict], refs: References, where: str) -> None:
+    """ValueError naming a reference given (not the default) that no row of results has, and the strategies
+    that are there."""
+    for field in fields(References):
+        name = getattr(refs, field.name)
+        if name == field.default:
+            continue
+        found = any(_is_random(r["spec"], refs) if field.name == "random" else r["spec"] == name for r in results)
+        if not found:
+            there = ", ".join(sorted({strategy_name(r["spec"]) for r in results}))
+            raise ValueError(f"--{field.name}-ref {name!r}: no row of {where} has that strategy (there: {there})")
 
 
 def comparison(rows: list[dict], randoms: dict[float, list[dict]], fraction: float) -> dict:
@@ -137,15 +169,16 @@ def random_at_wall_time(randoms: dict[float, list[dict]], wall: float) -> float 
     return None
 
 
-def markdown_table(results: list[dict]) -> str:
+def markdown_table(results: list[dict], refs: References = DEFAULT_REFERENCES) -> str:
+    """The sweep's table: a row per (strategy, fraction), mean ± std over seeds, compared with refs."""
     groups = group_rows(results)
-    randoms = _random_groups(groups)
+    randoms = _random_groups(groups, refs)
     lines = [
-        "| strategy | fraction | seeds | samples | clean | PGD | AutoAttack | wall s | vs random, same fraction "
-        "| vs random, nearest wall time |",
+        "| strategy | fraction | seeds | samples | clean | PGD | AutoAttack | wall s "
+        f"| vs {refs.random}, same fraction | vs {refs.random}, nearest wall time |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    full = next((rows for (spec, _), rows in groups.items() if spec == "full"), None)
+    full = next((rows for (spec, _), rows in groups.items() if spec == refs.full), None)
     full_wall = statistics.fmean(r["total_s"] for r in full) if full else None
     for (spec, fraction), rows in groups.items():
         cells = [spec, "-" if fraction != fraction else f"{fraction:g}", str(len(rows))]
@@ -154,10 +187,11 @@ def markdown_table(results: list[dict]) -> str:
             mean, std = _mean_std([r[key] for r in rows])
             percent = f"{100 * mean:.1f} ± {100 * std:.1f}%"
             cells.append(_wall(mean, std, full_wall, rows) if key == "total_s" else percent)
-        cmp = comparison(rows, randoms, fraction) if not spec.startswith("random:") and spec != "full" else {}
-        closed = _gap_closed(cmp)
+        reference = _is_random(spec, refs) or spec == refs.full
+        cmp = comparison(rows, randoms, fraction) if not reference else {}
+        closed = _gap_closed(cmp, refs)
         cells.append(_gap(*cmp["vs_fraction"]) + closed if "vs_fraction" in cmp else "")
-        cells.append(_wall_comparison(cmp))
+        cells.append(_wall_comparison(cmp, refs))
         lines.append("| " + " | ".join(cells) + " |")
     first = results[0] if results else {}
     versions = sorted({line["machine"]["torch"] for line in results if "torch" in (line.get("machine") or {})})
@@ -166,29 +200,29 @@ def markdown_table(results: list[dict]) -> str:
     note = (
         f"\nAccuracy on the first {first.get('test_n', '?')} test images; PGD-{first.get('pgd_steps', '?')} and "
         f"AutoAttack ({first.get('autoattack_version', '?')}); gaps in AutoAttack points with Welch's p; \"half "
-        'or more": one-sided Welch p against closing at most half of random\'s gap to the full data; "on '
-        "random's curve\": against random pruning's accuracy interpolated at the strategy's wall time. Wall: "
-        "training, validation and scoring, with its share of the full-data run's; * a run resumed after an "
+        f'or more": one-sided Welch p against closing at most half of the gap from {refs.random} to {refs.full}; '
+        f"\"on {refs.random}'s curve\": against {refs.random}'s accuracy interpolated at the strategy's wall time. "
+        f"Wall: training, validation and scoring, with its share of {refs.full}'s wall time; * a run resumed after an "
         f"interruption (the interrupted call's seconds are lost: its wall time undercounts). {timed}."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 
 
-def _gap_closed(cmp: dict) -> str:
+def _gap_closed(cmp: dict, refs: References) -> str:
     """The share of random's gap to the full data closed, and the p-value of its being half or more."""
     if "gap_closed" not in cmp:
         return ""
     p = f" (half or more: {shown_p(cmp['half_gap_p'])})" if cmp.get("half_gap_p") is not None else ""
-    return f"; {100 * cmp['gap_closed']:.0f}% of random's gap to full closed{p}"
+    return f"; {100 * cmp['gap_closed']:.0f}% of {refs.random}'s gap to {refs.full} closed{p}"
 
 
-def _wall_comparison(cmp: dict) -> str:
+def _wall_comparison(cmp: dict, refs: References) -> str:
     """The cell: random at the nearest wall time (gap, p), and the gap to random's curve at this wall time."""
     if "vs_wall" not in cmp:
         return ""
     nearest, gap, p = cmp["vs_wall"]
-    curve = f"; {100 * cmp['vs_interpolated']:+.1f} on random's curve" if "vs_interpolated" in cmp else ""
-    return f"{'full' if nearest == 1.0 else f'random:{nearest:g}'} {_gap(gap, p)}{curve}"
+    curve = f"; {100 * cmp['vs_interpolated']:+.1f} on {refs.random}'s curve" if "vs_interpolated" in cmp else ""
+    return f"{refs.full if nearest == 1.0 else f'{refs.random}:{nearest:g}'} {_gap(gap, p)}{curve}"
 
 
 def _wall(mean: float, std: float, full_wall: float | None, rows: list[dict]) -> str:
@@ -304,16 +338,22 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def report(folder: str | Path, machine: str | None = None) -> tuple[str, list[Path]]:
-    """The Markdown report and the plots of a sweep folder (results.jsonl; its rows of one kind of machine) or
-    of one run folder."""
+def report(
+    folder: str | Path, machine: str | None = None, refs: References = DEFAULT_REFERENCES
+) -> tuple[str, list[Path]]:
+    """The Markdown report and the plots of a sweep folder (results.jsonl; its rows of one kind of machine,
+    compared with refs) or of one run folder."""
     folder = Path(folder)
     if (folder / "results.jsonl").exists():
         results = load_results(folder)
         if not results:
             raise ValueError(f"{folder}/results.jsonl holds no finished run yet")
         results = one_machine_rows(results, machine, f"{folder}/results.jsonl")
-        text = "# Sweep report\n\n" + markdown_table(results)
+        check_references(results, refs, f"{folder}/results.jsonl")
+        text = "# Sweep report\n\n"
+        if refs != DEFAULT_REFERENCES:
+            text += f"Each strategy compared with {refs.random} (at its fraction) and {refs.full}.\n\n"
+        text += markdown_table(results, refs)
         final = final_rows(folder, results)
         if final:
             text += "\n## Final rows\n\nThe [final] runs evaluated once more with AutoAttack as named below.\n\n"
@@ -321,11 +361,14 @@ def report(folder: str | Path, machine: str | None = None) -> tuple[str, list[Pa
             if rebuilt:
                 text += (f"{rebuilt} of these {len(final)} models were trained again for it (`--rebuild-models`), "
                          "every epoch record equal to its run's own.\n\n")  # fmt: skip
-            text += markdown_table(final)
+            text += markdown_table(final, refs)
         plots = plot_sweep(results, folder)
     elif (folder / "metrics.jsonl").exists():
-        if machine is not None:
-            raise ValueError(f"--machine picks rows of a sweep folder; {folder} is one run's folder (metrics.jsonl)")
+        if machine is not None or refs != DEFAULT_REFERENCES:
+            raise ValueError(
+                f"--machine and the references pick and compare rows of a sweep folder; {folder} is one run's "
+                "folder (metrics.jsonl)"
+            )
         text = f"# Run {folder.name}\n"
         plots = [plot_epochs([folder], folder / "epochs.png")]
     else:

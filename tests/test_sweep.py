@@ -14,6 +14,7 @@ from advprune.cli import UsageError, main, parse
 from advprune.data.readers import FASHION_MNIST_DIR
 from advprune.machine import machine_kind, machine_record
 from advprune.report import (
+    References,
     _random_groups,
     comparison,
     group_rows,
@@ -357,6 +358,45 @@ def test_the_share_of_randoms_gap_closed_at_the_same_fraction():
     # on random's curve at 26 s: a 75th of the way from random:0.2 (31%, 25 s) to full (41%, 100 s)
     assert cmp["vs_interpolated"] == pytest.approx(0.37 - (0.31 + 0.10 / 75))
     assert random_at_wall_time(_random_groups(groups), 20) is None  # quicker than any random run: no curve there
+
+
+def test_references_of_another_regime_replace_random_and_the_full_data_in_every_comparison(tmp_path, capsys):
+    """--random-ref random+noaug --full-ref full+noaug: each strategy against random pruning and the full data
+    trained without augmentation (the regime-matched pair); a reference no row has is a one-line error."""
+
+    def rows(spec, fraction, accs, wall):
+        return [
+            {"spec": spec, "fraction": fraction, "samples": 1, "total_s": wall, "clean_acc": a, "pgd_acc": a}
+            | {"autoattack_acc": a, "run": f"{spec}-{i}"}
+            for i, a in enumerate(accs)
+        ]
+
+    lines = [
+        *rows("full", 1.0, [0.40, 0.42], 100),
+        *rows("random:0.2", 0.2, [0.30, 0.32], 25),
+        *rows("full+noaug", 1.0, [0.44, 0.46], 110),
+        *rows("random+noaug:0.2", 0.2, [0.32, 0.34], 27),
+        *rows("resample+noaug:0.2", 0.2, [0.38, 0.40], 26),
+    ]
+    refs = References(random="random+noaug", full="full+noaug")
+    table = markdown_table(lines, refs)
+    row = next(line for line in table.splitlines() if line.startswith("| resample+noaug:0.2 "))
+    # +6 over random+noaug (33%) and 50% of its 12-point gap to full+noaug (45%); the wall share of full+noaug's
+    p = shown_p(half_gap_p([0.38, 0.40], [0.32, 0.34], [0.44, 0.46]))
+    assert f"+6.0 ({shown_p(welch_p([0.38, 0.40], [0.32, 0.34]))}); 50% of random+noaug's gap to full+noaug" in row
+    assert f"(half or more: {p})" in row and "26 ± 0 (0.24x)" in row
+    assert "| vs random+noaug, same fraction |" in table and "half of the gap from random+noaug to full+noaug" in table
+    random_row = next(line for line in table.splitlines() if line.startswith("| random:0.2 "))
+    assert "-2.0" in random_row  # plain random is now a strategy like any other: 31% against 33%
+    default = markdown_table(lines)
+    assert "80% of random's gap to full closed" in default  # by default: +8 of random's 10-point gap
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["report", str(tmp_path), "--random-ref", "random+noaug", "--full-ref", "full+noaug"]) == 0
+    assert "Each strategy compared with random+noaug (at its fraction) and full+noaug." in capsys.readouterr().out
+    assert main(["report", str(tmp_path), "--full-ref", "full+noag"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--full-ref 'full+noag': no row of" in err
+    assert "(there: full, full+noaug, random, random+noaug, resample+noaug)" in err
 
 
 def test_the_half_gap_test_holds_its_level_where_exactly_half_is_closed():

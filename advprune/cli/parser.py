@@ -292,6 +292,19 @@ def _sweep_parsers(commands) -> None:
         help="report only the rows timed on the machine kind whose name contains this text ('model 17'); "
         "needed where a sweep folder holds rows of several kinds",
     )
+    r.add_argument(
+        "--random-ref",
+        default="random",
+        metavar="STRATEGY",
+        help="the strategy the comparison columns take as random pruning at each fraction (default random; "
+        "random+noaug: a named variant's rows, for references trained in the same regime)",
+    )
+    r.add_argument(
+        "--full-ref",
+        default="full",
+        metavar="STRATEGY",
+        help="the strategy they take as the full data (default full; e.g. full+noaug)",
+    )
     r.set_defaults(run=report_command)
 
 

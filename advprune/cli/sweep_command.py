@@ -73,8 +73,9 @@ def _sigterm_ends_the_sweep() -> Iterator[None]:
 
 
 def report_command(args: argparse.Namespace) -> None:
-    from advprune.report import report
+    from advprune.report import References, report
 
-    text, plots = report(args.folder, machine=args.machine)
+    refs = References(random=args.random_ref, full=args.full_ref)
+    text, plots = report(args.folder, machine=args.machine, refs=refs)
     print(text)
     print(f"wrote {Path(args.folder) / 'report.md'} and {', '.join(str(p) for p in plots)}")
