@@ -150,3 +150,19 @@ def _stop_while_training(sweep: subprocess.Popen, out: Path) -> None:
 
     with open(run / "sweep.lock", "a") as lock:  # the worker's claim ended with it
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_sweep_called_from_another_thread_runs_without_its_signal_handler(tmp_path, capsys):
+    """Only the main thread may set signal handlers: main() from a worker thread still runs the sweep (here
+    to its run's own failure, exit 1) instead of failing on the handler."""
+    import threading
+
+    (tmp_path / "bad.toml").write_text(
+        '[train]\ndataset = "cifar10"\ndata_dir = "no-such-folder"\n[grid]\nspecs = ["none"]\nseeds = [0]\n'
+    )
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(main(["sweep", str(tmp_path / "bad.toml"), "--out",
+                                                                 str(tmp_path / "out"), "--quiet"])))  # fmt: skip
+    thread.start()
+    thread.join()
+    assert codes == [1] and "full-seed0: advprune train failed (exit 2)" in capsys.readouterr().err
