@@ -226,8 +226,11 @@ def test_a_run_folder_gets_its_epoch_curves(sweep):
     out, _ = sweep
     _, plots = report(out / "runs" / "full-seed0")
     assert [p.name for p in plots] == ["epochs.png"] and plots[0].exists()
-    with pytest.raises(ValueError, match=r"--machine picks rows of a sweep folder; .*full-seed0 is one run's folder"):
+    picks = r"--machine and the references pick and compare rows of a sweep folder; .*full-seed0 is one run's folder"
+    with pytest.raises(ValueError, match=picks):
         report(out / "runs" / "full-seed0", machine="EPYC")
+    with pytest.raises(ValueError, match=picks):
+        report(out / "runs" / "full-seed0", refs=References(random="random+noaug"))
 
 
 def test_every_preset_loads_and_a_missing_config_is_one_line(tmp_path, capsys, monkeypatch):
