@@ -124,7 +124,9 @@ def test_a_stopped_sweep_ends_its_workers_and_the_runs_they_train(tmp_path):
     trains on without the claim on its folder), and the claim is free again."""
     config = _config(tmp_path, 200, '["none"]', "[0]")
     out = tmp_path / "out"
-    sweep = subprocess.Popen([sys.executable, "-m", "advprune", "sweep", config, "--out", str(out), "--workers", "1"])
+    command = [sys.executable, "-m", "advprune", "sweep", config, "--out", str(out), "--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a log file buffers as it would
+    sweep = subprocess.Popen(command, env=env)
     try:
         _stop_while_training(sweep, out)
     finally:  # a failure leaves no process behind
@@ -140,6 +142,8 @@ def _stop_while_training(sweep: subprocess.Popen, out: Path) -> None:
         time.sleep(0.2)
     trainers = [pid for pid in _processes_naming(str(run)) if pid != sweep.pid]
     assert trainers, "no advprune train process for the run"
+    # the worker's lines are in its log as they are said, not when it exits (a file would buffer them)
+    assert (out / "worker-0.log").read_text().startswith("sweep worker 0 of 1: CPUs ")
     sweep.send_signal(signal.SIGTERM)
     assert sweep.wait(timeout=60) == 128 + signal.SIGTERM
     deadline = time.monotonic() + 30

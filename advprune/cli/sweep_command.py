@@ -30,7 +30,7 @@ def sweep_command(args: argparse.Namespace) -> None:
 
         print(format_status(sweep_status(config, out, args.only)))
         return
-    log = (lambda _line: None) if args.quiet else print
+    log = (lambda _line: None) if args.quiet else _print_now  # a sweep's output is often a log file: line by line
     if args.workers is not None:
         run_workers(_worker_args(args, out), args.workers, out, log=log)
         print(f"all {args.workers} workers finished; advprune report {out} makes the table and plots")
@@ -49,6 +49,10 @@ def sweep_command(args: argparse.Namespace) -> None:
             rebuild_models=args.rebuild_models,
         )
     print(f"{len(results)} runs finished in {out}/results.jsonl; advprune report {out} makes the table and plots")
+
+
+def _print_now(line: str) -> None:
+    print(line, flush=True)
 
 
 def _worker_args(args: argparse.Namespace, out: Path) -> list[str]:
