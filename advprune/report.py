@@ -1,8 +1,8 @@
 """`advprune report`: a sweep's results.jsonl as a Markdown table (mean ± std over seeds; each strategy
 against random pruning at the same fraction and at the nearest wall time, with Welch's t-test p-values on
-AutoAttack accuracy) and PNG plots (robust accuracy against the fraction kept and against wall time, and
-the per-epoch curves); for a single run folder, its per-epoch curves. Needs the `report` extra
-(matplotlib, scipy)."""
+AutoAttack accuracy; References names other strategies to take as random pruning and the full data) and PNG
+plots (robust accuracy against the fraction kept and against wall time, and the per-epoch curves); for a single
+run folder, its per-epoch curves. Needs the `report` extra (matplotlib, scipy)."""
 
 from __future__ import annotations
 

@@ -29,6 +29,8 @@ class WorkersFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Worker:
+    """One sweep process: its number, the CPUs it is pinned to, the file its output goes to."""
+
     index: int
     cpus: tuple[int, ...]
     log: Path
