@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from advprune._signals import signals_raise
+
 
 class GroupFailed(RuntimeError):
     """The work raised in the child process; the message is its error."""
@@ -61,18 +63,15 @@ def run_in_group(work: Callable, *args, cleanup: Path | None = None) -> None:
     while child.is_alive() and os.getpgid(child.pid) != child.pid:  # the child's setpgid, before any signal
         time.sleep(0.001)
 
-    def stop(signum, frame):
-        _end_group(child.pid, cleanup)
-        child.join()
-        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
-
-    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
-        child.join()
+        with signals_raise(signal.SIGINT, signal.SIGTERM):
+            try:
+                child.join()
+            except BaseException:  # a signal here: the group ends with this process
+                _end_group(child.pid, cleanup)
+                child.join()
+                raise
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         os.close(parent_end)
     if child.exitcode != 0:
         if cleanup is not None:

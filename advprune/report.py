@@ -10,7 +10,7 @@ import itertools
 import math
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from advprune._deps import require
@@ -121,14 +121,14 @@ def _is_random(spec: str, refs: References) -> bool:
 def check_references(results: list[dict], refs: References, where: str) -> None:
     """ValueError naming a reference given (not the default) that no row of results has, and the strategies
     that are there."""
-    for field in fields(References):
-        name = getattr(refs, field.name)
-        if name == field.default:
-            continue
-        found = any(_is_random(r["spec"], refs) if field.name == "random" else r["spec"] == name for r in results)
-        if not found:
-            there = ", ".join(sorted({strategy_name(r["spec"]) for r in results}))
-            raise ValueError(f"--{field.name}-ref {name!r}: no row of {where} has that strategy (there: {there})")
+    specs = {r["spec"] for r in results}
+    for flag, name, found in (
+        ("random", refs.random, any(_is_random(spec, refs) for spec in specs)),
+        ("full", refs.full, refs.full in specs),
+    ):
+        if not found and name != getattr(DEFAULT_REFERENCES, flag):
+            there = ", ".join(sorted({strategy_name(spec) for spec in specs}))
+            raise ValueError(f"--{flag}-ref {name!r}: no row of {where} has that strategy (there: {there})")
 
 
 def comparison(rows: list[dict], randoms: dict[float, list[dict]], fraction: float) -> dict:

@@ -161,9 +161,14 @@ class RunFailed(RuntimeError):
     """A run's `advprune train` or `advprune eval` failed: its last line of output and the log that has all."""
 
     def __init__(self, args: list[str], code: int, log: Path) -> None:
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-        last = lines[-1].strip() if lines else "no output"
+        last = last_line(log)
         super().__init__(f"{log.parent.name}: advprune {args[0]} failed (exit {code}): {last} (all of it: {log})")
+
+
+def last_line(log: Path) -> str:
+    """A log's last line that is not blank ("no output" for none): what a failed process said last."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 def _advprune(args: list[str], log: Path) -> float:

@@ -8,16 +8,17 @@ which ends the run it trains (resumable from its last checkpoint)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from advprune._signals import signals_raise
+from advprune.sweep import last_line
 
 STAGGER_S = 3.0  # seconds between two workers' starts
 WORKER_ENV = "ADVPRUNE_SWEEP_WORKER"  # "K of N" in a worker's environment: it names itself in its log
@@ -71,15 +72,19 @@ def run_workers(sweep_args: list[str], count: int, out: Path, log: Callable[[str
     workers = plan_workers(count, os.sched_getaffinity(0), out)
     out.mkdir(parents=True, exist_ok=True)
     started: list[tuple[Worker, subprocess.Popen]] = []
-    with _stop_on_signals(started):
-        for worker in workers:
-            if started:
-                time.sleep(STAGGER_S)
-            started.append((worker, _start(worker, count, sweep_args)))
-            cpus = ", ".join(map(str, worker.cpus))
-            log(f"worker {worker.index}: CPUs {cpus}, {len(worker.cpus)} thread(s), log {worker.log}")
-        codes = [(worker, process.wait()) for worker, process in started]
-    failed = [f"worker {w.index} exit {code}: {_last_line(w.log)}" for w, code in codes if code != 0]
+    with signals_raise(signal.SIGINT, signal.SIGTERM):
+        try:
+            for worker in workers:
+                if started:
+                    time.sleep(STAGGER_S)
+                started.append((worker, _start(worker, count, sweep_args)))
+                cpus = ", ".join(map(str, worker.cpus))
+                log(f"worker {worker.index}: CPUs {cpus}, {len(worker.cpus)} thread(s), log {worker.log}")
+            codes = [(worker, process.wait()) for worker, process in started]
+        except BaseException:  # a signal here (or any error) ends every worker before it goes on
+            _end_all(started)
+            raise
+    failed = [f"worker {w.index} exit {code}: {last_line(w.log)}" for w, code in codes if code != 0]
     if failed:
         raise WorkersFailed(f"{len(failed)} of {count} workers failed: " + "; ".join(failed))
 
@@ -96,30 +101,10 @@ def _start(worker: Worker, count: int, sweep_args: list[str]) -> subprocess.Pope
         )
 
 
-@contextlib.contextmanager
-def _stop_on_signals(started: list[tuple[Worker, subprocess.Popen]]) -> Iterator[None]:
-    """While the workers run, SIGINT or SIGTERM here (or any error) sends SIGTERM to each worker and waits for
-    them to end. The handler only raises: waiting inside it would deadlock on the wait it interrupted."""
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
-
-    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
-    try:
-        yield
-    except BaseException:
-        for _, process in started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for _, process in started:
-            process.wait()
-        raise
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _last_line(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+def _end_all(started: list[tuple[Worker, subprocess.Popen]]) -> None:
+    """SIGTERM to each worker still running, then wait for every one of them."""
+    for _, process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for _, process in started:
+        process.wait()

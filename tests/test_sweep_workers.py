@@ -47,6 +47,13 @@ def _config(tmp_path: Path, epochs: int, specs: str, seeds: str) -> str:
     return str(path)
 
 
+def _failing_config(tmp_path: Path) -> str:
+    """A sweep whose one run fails at once: its data folder does not exist."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[train]\ndataset = "cifar10"\ndata_dir = "no-such-folder"\n[grid]\nspecs = ["none"]\nseeds = [0]')
+    return str(path)
+
+
 def test_each_worker_gets_an_equal_share_of_the_cpus_in_order_and_a_remainder_stays_idle(tmp_path):
     workers = plan_workers(3, [7, 1, 3, 0, 5, 2, 6, 4], tmp_path)
     assert [w.cpus for w in workers] == [(0, 1), (2, 3), (4, 5)]
@@ -96,10 +103,8 @@ def test_two_pinned_workers_train_every_run_once(tmp_path, capsys):
 
 
 def test_a_failed_worker_is_one_line_with_its_own_error(tmp_path, capsys):
-    (tmp_path / "bad.toml").write_text(
-        '[train]\ndataset = "cifar10"\ndata_dir = "no-such-folder"\n[grid]\nspecs = ["none"]\nseeds = [0]\n'
-    )
-    assert main(["sweep", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "out"), "--workers", "1"]) == 1
+    bad = _failing_config(tmp_path)
+    assert main(["sweep", bad, "--out", str(tmp_path / "out"), "--workers", "1"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "1 of 1 workers failed: worker 0 exit 1" in err
     assert "full-seed0: advprune train failed (exit 2)" in err and "no cifar-10-batches-py folder" in err
@@ -161,12 +166,10 @@ def test_a_sweep_called_from_another_thread_runs_without_its_signal_handler(tmp_
     to its run's own failure, exit 1) instead of failing on the handler."""
     import threading
 
-    (tmp_path / "bad.toml").write_text(
-        '[train]\ndataset = "cifar10"\ndata_dir = "no-such-folder"\n[grid]\nspecs = ["none"]\nseeds = [0]\n'
-    )
+    bad = _failing_config(tmp_path)
     codes = []
-    thread = threading.Thread(target=lambda: codes.append(main(["sweep", str(tmp_path / "bad.toml"), "--out",
-                                                                 str(tmp_path / "out"), "--quiet"])))  # fmt: skip
+    argv = ["sweep", bad, "--out", str(tmp_path / "out"), "--quiet"]
+    thread = threading.Thread(target=lambda: codes.append(main(argv)))
     thread.start()
     thread.join()
     assert codes == [1] and "full-seed0: advprune train failed (exit 2)" in capsys.readouterr().err

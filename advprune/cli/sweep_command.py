@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
+from advprune._signals import signals_raise
 from advprune.cli.common import UsageError
 
 # the flags a worker of --workers gets as they were given (--only, --out and --workers are handled apart)
@@ -37,7 +35,9 @@ def sweep_command(args: argparse.Namespace) -> None:
         return
     if (line := announce_worker()) is not None:
         log(line)
-    with _sigterm_ends_the_sweep():
+    # SIGTERM unwinds the sweep, and subprocess.run kills the `advprune train` it waits on on the way out,
+    # instead of leaving it training on without the sweep's claim on its folder
+    with signals_raise(signal.SIGTERM):
         results = run_sweep(
             config,
             out,
@@ -60,24 +60,6 @@ def _worker_args(args: argparse.Namespace, out: Path) -> list[str]:
     flags = ["--" + name.replace("_", "-") for name in _WORKER_FLAGS if getattr(args, name)]
     only = ["--only", ",".join(args.only)] if args.only else []
     return ["sweep", args.sweep_config, "--out", str(out), *only, *flags]
-
-
-@contextlib.contextmanager
-def _sigterm_ends_the_sweep() -> Iterator[None]:
-    """SIGTERM raises SystemExit, so that the `advprune train` the sweep waits on is ended with it (on the way
-    out subprocess.run kills its child) instead of training on without the sweep's claim on its folder."""
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    if threading.current_thread() is not threading.main_thread():  # only it may set signal handlers
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def report_command(args: argparse.Namespace) -> None:
