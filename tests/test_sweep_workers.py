@@ -81,6 +81,22 @@ def test_workers_with_status_or_too_many_are_one_line_errors_before_anything_sta
     assert not out.exists()
 
 
+def test_every_sweep_flag_but_workers_and_status_reaches_each_worker(tmp_path):
+    """A flag added to `advprune sweep` must reach the workers too: this fails until _WORKER_FLAGS names it (or
+    this test names it as one a worker must not get)."""
+    from advprune.cli.parser import build_parser
+    from advprune.cli.sweep_command import _worker_args
+
+    parser = build_parser()
+    argv = ["sweep", "grid.toml", "--out", str(tmp_path), "--only", "full-*,random-0.2-*"]
+    for action in parser.subcommands["sweep"]._actions:
+        if action.option_strings and action.dest not in {"help", "workers", "status", "out", "only"}:
+            assert action.nargs == 0, f"--{action.dest} takes a value: give it one in this test"
+            argv.append(action.option_strings[0])
+    args = parser.parse_args(argv)
+    assert vars(parser.parse_args(_worker_args(args, tmp_path))) == vars(args)
+
+
 @needs_fashion
 @needs_two_cpus
 def test_two_pinned_workers_train_every_run_once(tmp_path, capsys):
