@@ -10,13 +10,13 @@ defaults and Square with a rescaled schedule, which overstates robustness.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from advprune._deps import require
+from advprune.attacks import weights_frozen
 
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 TARGET_CLASSES = 9  # the official standard version's APGD-T and FAB-T targets
@@ -57,21 +57,6 @@ def _within_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) ->
     delta = (x_adv - x).flatten(1).float()
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
     return (size <= eps * (1 + 1e-5) + 1e-7) & (x_adv.flatten(1) >= 0).all(1) & (x_adv.flatten(1) <= 1).all(1)
-
-
-@contextmanager
-def weights_frozen(model: nn.Module) -> Iterator[None]:
-    """The model's parameters without requires_grad inside, as they were after. The attacks need only the input's
-    gradient, but FAB's loss.backward() also computes every weight's: frozen, FAB-T takes 0.79x the time
-    (bench/autoattack_frozen.py: one Zen 4 core, the CIFAR-10 small ResNet), with the same examples bit for bit."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 @torch.no_grad()

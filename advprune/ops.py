@@ -22,6 +22,7 @@ __all__ = [
     "extension_loaded",
     "kl_rows",
     "max_pool2x2",
+    "one_channel_conv2d",
     "pgd_step_",
     "project_",
     "sample_scores",
@@ -227,6 +228,48 @@ class _MaxPool2x2Backward(torch.autograd.Function):
         return winners, None, None
 
 
+def one_channel_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=padding) (stride 1) of a one-channel batch. With the weights frozen (as
+    the attacks run: attacks.weights_frozen) its input gradient on the CPU comes from advprune's kernel, where
+    oneDNN's takes up to 4-13x the forward's time for one input channel; the same values and gradients (to
+    rounding), autocast casting as for F.conv2d, double backward as through it. Anything else (weights that
+    require gradients, more channels, other devices, no extension) is F.conv2d itself."""
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    if not (_EXT and frozen and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] == 1 and weight.dim() == 4):
+        return torch.nn.functional.conv2d(x, weight, bias, padding=padding)
+    if torch.is_autocast_enabled("cpu"):  # cast as autocast casts conv2d's operands, then keep it off
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight, bias = (
+            t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in (x, weight, bias)
+        )
+    with torch.autocast("cpu", enabled=False):
+        return _FrozenOneChannelConv2d.apply(x, weight, bias, tuple(padding))
+
+
+class _FrozenOneChannelConv2d(torch.autograd.Function):
+    """conv2d with frozen weights whose input gradient comes from the compiled kernel (under create_graph from
+    aten's convolution_backward, which is differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return torch.nn.functional.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        if not torch.is_grad_enabled():
+            return torch.ops.advprune.one_channel_conv_input_grad(grad, weight, *ctx.padding), None, None, None
+        grad_x = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
+        )[0]
+        return grad_x, None, None, None
+
+
 # ------------------------------------------------- fake kernels and autograd
 
 if _EXT:
@@ -274,6 +317,12 @@ if _EXT:
         n, c, h, w = x.shape
         out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
         return out, torch.empty_like(out, dtype=torch.uint8)
+
+    @torch.library.register_fake("advprune::one_channel_conv_input_grad")
+    def _one_channel_conv_input_grad_fake(grad, weight, pad_h, pad_w):
+        n, _, oh, ow = grad.shape
+        height, width = oh - 2 * pad_h + weight.shape[2] - 1, ow - 2 * pad_w + weight.shape[3] - 1
+        return grad.new_empty((n, 1, height, width))
 
     @torch.library.register_fake("advprune::max_pool2x2_backward")
     def _max_pool2x2_backward_fake(grad, argmax, height, width):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from advprune import autoattack
+from advprune import attacks, autoattack
 from advprune.cli.common import tensors
 from advprune.cli.factory import checkpoint_model
 from advprune.data.readers import read_dataset
@@ -33,7 +33,7 @@ def attack_once(model, name: str, x, y, meta: dict, targets: int, frozen: bool) 
     if hasattr(attack, "n_target_classes"):
         attack.n_target_classes = targets
     start = time.perf_counter()
-    with autoattack.weights_frozen(model) if frozen else contextlib.nullcontext():
+    with attacks.weights_frozen(model) if frozen else contextlib.nullcontext():
         x_adv = attack(x, y)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)

@@ -271,7 +271,8 @@ def row_cases(device, quick):
 
 
 def pool_fwd_bwd(pool: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A training step's pooling: the forward and the input gradient of a given output gradient."""
+    """A layer as a step runs it (the pooling, the first convolution): the forward and the input gradient of a
+    given output gradient."""
 
     def step(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         leaf = x.detach().requires_grad_(True)
@@ -302,6 +303,27 @@ def pool_cases(device, quick):
                 pool_fwd_bwd(lambda t: F.max_pool2d(t, 2)),
                 lambda x=x, grad=grad: (x, grad),
             )
+
+
+def first_conv_cases(device, quick):
+    """The small CNN's first convolution (one input channel, 32 out, 3x3) as an attack step runs it, weights
+    frozen: forward and input gradient at batch 250, the evaluation's batch (CPU only: elsewhere it is conv2d)."""
+    if device != "cpu":
+        return
+    for dtype in (torch.float32,) if quick else (torch.float32, torch.bfloat16):
+        gen = torch.Generator().manual_seed(4)
+        x = torch.rand(250, 1, 28, 28, generator=gen).to(dtype)
+        weight, bias = torch.randn(32, 1, 3, 3, generator=gen).to(dtype), torch.randn(32, generator=gen).to(dtype)
+        grad = torch.randn(250, 32, 28, 28, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        yield (
+            "first_conv",
+            tuple(grad.shape),
+            dtype,
+            2 * x.nbytes + 2 * grad.nbytes,  # x read, out written; grad read, grad_in written
+            pool_fwd_bwd(lambda t, w=weight, b=bias: ops.one_channel_conv2d(t, w, b, padding=(1, 1))),
+            pool_fwd_bwd(lambda t, w=weight, b=bias: F.conv2d(t, w, b, padding=1)),
+            lambda x=x, grad=grad: (x, grad),
+        )
 
 
 def fmt_table(rows) -> str:
@@ -338,7 +360,8 @@ def main() -> None:
         devices.remove("cuda")
     for device in devices:
         rows = []
-        for case in (*pgd_cases(device, args.quick), *row_cases(device, args.quick), *pool_cases(device, args.quick)):
+        cases = (pgd_cases, row_cases, pool_cases, first_conv_cases)
+        for case in (case for make in cases for case in make(device, args.quick)):
             name, shape, dtype, moved, fused, eager, make_args = case
             rows.append(run_case(name, shape, dtype, device, moved, fused, eager, make_args, args.reps))
             print(fmt_table(rows[-1:]).splitlines()[-1], flush=True)

@@ -36,4 +36,7 @@ TORCH_LIBRARY(advprune, m) {
   // one's window position as uint8 (dy * 2 + dx), which is all the backward needs. CPU only.
   m.def("max_pool2x2(Tensor x) -> (Tensor out, Tensor argmax)");
   m.def("max_pool2x2_backward(Tensor grad, Tensor argmax, int height, int width) -> Tensor");
+  // The input gradient of a stride-1 convolution of a one-channel batch (conv2d(x [N, 1, H, W], weight
+  // [C, 1, KH, KW], padding)): grad [N, C, OH, OW] in, [N, 1, H, W] out. CPU only.
+  m.def("one_channel_conv_input_grad(Tensor grad, Tensor weight, int pad_h, int pad_w) -> Tensor");
 }

@@ -48,6 +48,19 @@ class MaxPool2x2(nn.Module):
         return ops.max_pool2x2(x)
 
 
+class FirstConv2d(nn.Conv2d):
+    """nn.Conv2d (stride 1) whose one-channel input gets its gradient through advprune.ops.one_channel_conv2d
+    while the weights are frozen (in the attacks): on the CPU oneDNN's input gradient for one channel takes up
+    to 4-13x its forward, and each attack step needs it. The same parameters and state dict as nn.Conv2d; in
+    every other case (training's update, more input channels) it is nn.Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
+        if self.in_channels != 1 or not plain or isinstance(self.padding, str):
+            return super().forward(x)
+        return ops.one_channel_conv2d(x, self.weight, self.bias, self.padding)
+
+
 class SmallCNN(nn.Module):
     def __init__(
         self,
@@ -63,7 +76,7 @@ class SmallCNN(nn.Module):
             raise ValueError(f"SmallCNN needs images of at least 4x4 (two 2x2 poolings), got {height}x{width}")
         self.normalize = Normalize(mean, std)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1),
+            FirstConv2d(in_channels, 32, 3, padding=1),
             MaxPool2x2(),
             nn.ReLU(inplace=True),
             nn.Conv2d(32, 64, 3, padding=1),

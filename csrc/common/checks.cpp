@@ -181,4 +181,28 @@ void check_max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& argmax
                     " and argmax on ", text(argmax.device()));
 }
 
+void check_one_channel_conv_input_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t pad_h,
+                                       int64_t pad_w, c10::DeviceType kernel_device) {
+  const char* op = "advprune.one_channel_conv_input_grad";
+  check_float_tensor(op, "grad", grad);
+  check_float_tensor(op, "weight", weight);
+  TORCH_CHECK_VALUE(grad.dim() == 4, op, ": grad must be 4-D [N, C, OH, OW], got shape ", text(grad.sizes()));
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == 1 && weight.size(0) == grad.size(1), op,
+                    ": weight must be [C, 1, KH, KW] with grad's C = ", text(grad.size(1)), ", got shape ",
+                    text(weight.sizes()));
+  TORCH_CHECK_TYPE(weight.scalar_type() == grad.scalar_type(), op, ": weight has dtype ",
+                   dtype_name(weight.scalar_type()), " but grad has dtype ", dtype_name(grad.scalar_type()),
+                   "; they must match");
+  TORCH_CHECK_VALUE(pad_h >= 0 && pad_w >= 0, op, ": padding must be >= 0, got (", text(pad_h), ", ",
+                    text(pad_w), ")");
+  const int64_t height = grad.size(2) - 2 * pad_h + weight.size(2) - 1;
+  const int64_t width = grad.size(3) - 2 * pad_w + weight.size(3) - 1;
+  TORCH_CHECK_VALUE(height >= 1 && width >= 1, op, ": grad of shape ", text(grad.sizes()), ", a ",
+                    text(weight.size(2)), "x", text(weight.size(3)), " kernel and padding (", text(pad_h), ", ",
+                    text(pad_w), ") imply an input of ", text(height), "x", text(width));
+  TORCH_CHECK_VALUE(grad.device().type() == kernel_device && weight.device() == grad.device(), op, ": the ",
+                    text(c10::Device(kernel_device)), " kernel got grad on ", text(grad.device()),
+                    " and weight on ", text(weight.device()));
+}
+
 }  // namespace advprune

@@ -57,4 +57,9 @@ void check_max_pool2x2_input(const at::Tensor& x, c10::DeviceType kernel_device)
 void check_max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& argmax, int64_t height,
                                 int64_t width, c10::DeviceType kernel_device);
 
+// grad [N, C, OH, OW] and weight [C, 1, KH, KW], both floating of one dtype, on the kernel's device; padding
+// >= 0 and an input of at least 1x1 (OH - 2 * pad_h + KH - 1 rows, likewise columns).
+void check_one_channel_conv_input_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t pad_h,
+                                       int64_t pad_w, c10::DeviceType kernel_device);
+
 }  // namespace advprune
