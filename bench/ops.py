@@ -307,12 +307,13 @@ def pool_cases(device, quick):
 
 def first_conv_cases(device, quick):
     """The small CNN's first convolution (one input channel, 32 out, 3x3) as an attack step runs it, weights
-    frozen: forward and input gradient at batch 250, the evaluation's batch (CPU only: elsewhere it is conv2d)."""
+    frozen: forward and input gradient at batch 250, the evaluation's batch, channels_last as advprune's models
+    run (CPU only: elsewhere it is conv2d)."""
     if device != "cpu":
         return
     for dtype in (torch.float32,) if quick else (torch.float32, torch.bfloat16):
         gen = torch.Generator().manual_seed(4)
-        x = torch.rand(250, 1, 28, 28, generator=gen).to(dtype)
+        x = torch.rand(250, 1, 28, 28, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
         weight, bias = torch.randn(32, 1, 3, 3, generator=gen).to(dtype), torch.randn(32, generator=gen).to(dtype)
         grad = torch.randn(250, 32, 28, 28, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
         yield (
