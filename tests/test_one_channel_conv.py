@@ -175,7 +175,7 @@ def test_opcheck_and_compile():
     grad, weight, _ = _operands(CASES[1], torch.float32, seed=6)
     torch.library.opcheck(torch.ops.advprune.one_channel_conv_input_grad.default, (grad, weight, 0, 0))
     x = torch.rand(3, 1, 7, 9)
-    conv = torch.compile(lambda t: ops.one_channel_conv2d(t, weight, None, padding=(0, 0)))
+    conv = torch.compile(lambda t: ops.one_channel_conv2d(t, weight, None, padding=(0, 0)), fullgraph=True)
     leaf = x.clone().requires_grad_(True)
     (got,) = torch.autograd.grad(conv(leaf), leaf, grad)
     assert_close_rel(got, _reference(grad, weight, (7, 9), (0, 0)), 1e-5)
