@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 from pathlib import Path
 
@@ -22,16 +23,6 @@ from advprune.cli.common import tensors
 from advprune.cli.factory import checkpoint_model
 from advprune.data.readers import read_dataset
 from advprune.evaluate import evaluate
-
-
-def with_plain_first_conv(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of the small CNN whose first layer is an nn.Conv2d with the same weights."""
-    plain = copy.deepcopy(model)
-    first = plain.body[0]
-    conv = torch.nn.Conv2d(first.in_channels, first.out_channels, first.kernel_size, padding=first.padding)
-    conv.load_state_dict(first.state_dict())
-    plain.body[0] = conv
-    return plain
 
 
 def main() -> None:
@@ -47,17 +38,18 @@ def main() -> None:
     if type(model.body[0]).__name__ != "FirstConv2d":
         raise SystemExit(f"{args.checkpoint}: not the small CNN on one-channel images (its first layer is FirstConv2d)")
     x, y = tensors(read_dataset(meta["dataset"], None, train=False), range(args.n))
-    models = {"advprune": model.eval(), "nn.Conv2d": with_plain_first_conv(model).eval()}
+    plain = copy.deepcopy(model)
+    plain.body[0] = plain.body[0].as_conv2d()
+    models = {"advprune": model.eval(), "nn.Conv2d": plain.eval()}
     rows = []
     for layout, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
         xs = x.contiguous(memory_format=fmt)
-        for m in models.values():
-            m.to(memory_format=fmt)
-
-        def pgd(m, xs=xs):
-            return evaluate(m, xs, y, attack="pgd", eps=meta["eps"], steps=args.steps)
-
-        fns = {name: lambda m=m: pgd(m) for name, m in models.items()}
+        fns = {
+            name: functools.partial(
+                evaluate, m.to(memory_format=fmt), xs, y, attack="pgd", eps=meta["eps"], steps=args.steps
+            )
+            for name, m in models.items()
+        }
         medians, results, rounds = interleaved_seconds(fns, args.repeats)
         row = {
             "layout": layout,

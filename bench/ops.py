@@ -270,7 +270,7 @@ def row_cases(device, quick):
         )
 
 
-def pool_fwd_bwd(pool: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def layer_fwd_bwd(pool: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A layer as a step runs it (the pooling, the first convolution): the forward and the input gradient of a
     given output gradient."""
 
@@ -299,8 +299,8 @@ def pool_cases(device, quick):
                 shape,
                 dtype,
                 moved,
-                pool_fwd_bwd(ops.max_pool2x2),
-                pool_fwd_bwd(lambda t: F.max_pool2d(t, 2)),
+                layer_fwd_bwd(ops.max_pool2x2),
+                layer_fwd_bwd(lambda t: F.max_pool2d(t, 2)),
                 lambda x=x, grad=grad: (x, grad),
             )
 
@@ -321,8 +321,8 @@ def first_conv_cases(device, quick):
             tuple(grad.shape),
             dtype,
             2 * x.nbytes + 2 * grad.nbytes,  # x read, out written; grad read, grad_in written
-            pool_fwd_bwd(lambda t, w=weight, b=bias: ops.one_channel_conv2d(t, w, b, padding=(1, 1))),
-            pool_fwd_bwd(lambda t, w=weight, b=bias: F.conv2d(t, w, b, padding=1)),
+            layer_fwd_bwd(lambda t, w=weight, b=bias: ops.one_channel_conv2d(t, w, b, padding=(1, 1))),
+            layer_fwd_bwd(lambda t, w=weight, b=bias: F.conv2d(t, w, b, padding=1)),
             lambda x=x, grad=grad: (x, grad),
         )
 

@@ -108,9 +108,8 @@ def test_frozen_weights_give_fab_the_same_examples(trained):
     pytest.importorskip("torchattacks")
     model, x, y = trained
     model = copy.deepcopy(model).eval()
-    first = torch.nn.Conv2d(1, 32, 3, padding=1)  # nn.Conv2d: the same arithmetic frozen or not (FirstConv2d
-    first.load_state_dict(model.body[0].state_dict())  # takes advprune's kernel when frozen: rounding differs)
-    model.body[0] = first
+    # nn.Conv2d: the same arithmetic frozen or not (FirstConv2d takes advprune's kernel when frozen: rounding differs)
+    model.body[0] = model.body[0].as_conv2d()
 
     def fab_examples():
         attack = autoattack.stage_attack("fab-t", model, eps=0.05, norm="linf", num_classes=10, seed=0)

@@ -201,6 +201,18 @@ def test_the_small_cnn_keeps_its_state_dict_and_gradients():
         assert_close_rel(a, b, 1e-5)
 
 
+def test_first_conv2d_refuses_other_geometry_and_converts_to_a_plain_conv2d():
+    with pytest.raises(ValueError, match=r"FirstConv2d takes stride 1.*got stride=\(2, 2\)"):
+        models.small_cnn.FirstConv2d(1, 8, 3, stride=2)
+    with pytest.raises(ValueError, match=r"padding='same'"):
+        models.small_cnn.FirstConv2d(1, 8, 3, padding="same")
+    first = models.small_cnn.FirstConv2d(1, 8, 3, padding=1)
+    plain = first.as_conv2d()
+    x = torch.rand(2, 1, 6, 6)
+    assert type(plain) is torch.nn.Conv2d and plain.padding == (1, 1)
+    assert torch.equal(plain(x), first(x)) and plain.weight is not first.weight
+
+
 @pytest.mark.parametrize("attack", ["pgd", "pgd_robust", "fgsm_rs", "trades"])
 def test_attacks_run_with_the_weights_frozen_and_restore_them(attack):
     model = models.create("small-cnn")

@@ -49,16 +49,29 @@ class MaxPool2x2(nn.Module):
 
 
 class FirstConv2d(nn.Conv2d):
-    """nn.Conv2d (stride 1) whose one-channel input gets its gradient through advprune.ops.one_channel_conv2d
-    while the weights are frozen (in the attacks): on the CPU oneDNN's input gradient for one channel takes up
-    to 4-13x its forward, and each attack step needs it. The same parameters and state dict as nn.Conv2d; in
-    every other case (training's update, more input channels) it is nn.Conv2d."""
+    """nn.Conv2d (stride 1, zero padding) whose one-channel input gets its gradient through
+    advprune.ops.one_channel_conv2d while the weights are frozen (in the attacks): on the CPU oneDNN's input
+    gradient for one channel takes up to 4-13x its forward, and each attack step needs it. The same parameters
+    and state dict as nn.Conv2d; in every other case (training's update, more input channels) it is conv2d."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        plain = self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
+        if not plain or isinstance(self.padding, str):
+            raise ValueError(
+                "FirstConv2d takes stride 1, dilation 1, groups 1 and numeric zero padding, got "
+                f"stride={self.stride}, dilation={self.dilation}, groups={self.groups}, padding={self.padding!r}, "
+                f"padding_mode={self.padding_mode!r}"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plain = self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
-        if self.in_channels != 1 or not plain or isinstance(self.padding, str):
-            return super().forward(x)
         return ops.one_channel_conv2d(x, self.weight, self.bias, self.padding)
+
+    def as_conv2d(self) -> nn.Conv2d:
+        """The same layer as a plain nn.Conv2d (weights copied), whose input gradient is always oneDNN's."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding=self.padding)
+        conv.load_state_dict(self.state_dict())
+        return conv.to(self.weight.device, self.weight.dtype)
 
 
 class SmallCNN(nn.Module):

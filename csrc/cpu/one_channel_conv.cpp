@@ -93,8 +93,7 @@ at::Tensor one_channel_conv_input_grad_cpu(const at::Tensor& grad, const at::Ten
   const at::Tensor g = grad.contiguous(at::MemoryFormat::ChannelsLast);
   const ConvGeometry p(g, weight, pad_h, pad_w);
   at::Tensor grad_in = at::empty({p.n, 1, p.h, p.w}, g.options().memory_format(at::MemoryFormat::Contiguous));
-  if (grad_in.numel() == 0) return grad_in;
-  if (p.c == 0 || p.oh == 0 || p.ow == 0) return grad_in.zero_();
+  if (grad_in.numel() == 0) return grad_in;  // (no channels or no gradient pixels: every sum is empty, 0)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "one_channel_conv_input_grad",
                                   [&] { input_grad_kernel<scalar_t>(g, weight, p, grad_in); });
   return grad_in;
