@@ -308,16 +308,19 @@ def pool_cases(device, quick):
 def first_conv_cases(device, quick):
     """The small CNN's first convolution (one input channel, 32 out, 3x3) as an attack step runs it, weights
     frozen: forward and input gradient at batch 250, the evaluation's batch, channels_last as advprune's models
-    run (CPU only: elsewhere it is conv2d)."""
+    run and contiguous (first_conv_nchw) as a caller's may (CPU only: elsewhere it is conv2d)."""
     if device != "cpu":
         return
-    for dtype in (torch.float32,) if quick else (torch.float32, torch.bfloat16):
+    layouts = {"first_conv": torch.channels_last, "first_conv_nchw": torch.contiguous_format}
+    for (name, fmt), dtype in itertools.product(layouts.items(), (torch.float32, torch.bfloat16)):
+        if quick and (dtype != torch.float32 or name != "first_conv"):
+            continue
         gen = torch.Generator().manual_seed(4)
-        x = torch.rand(250, 1, 28, 28, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        x = torch.rand(250, 1, 28, 28, generator=gen).to(dtype).contiguous(memory_format=fmt)
         weight, bias = torch.randn(32, 1, 3, 3, generator=gen).to(dtype), torch.randn(32, generator=gen).to(dtype)
-        grad = torch.randn(250, 32, 28, 28, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn(250, 32, 28, 28, generator=gen).to(dtype).contiguous(memory_format=fmt)
         yield (
-            "first_conv",
+            name,
             tuple(grad.shape),
             dtype,
             2 * x.nbytes + 2 * grad.nbytes,  # x read, out written; grad read, grad_in written

@@ -25,13 +25,13 @@ CASES = [
 ]
 
 
-def _operands(case, dtype, seed):
+def _operands(case, dtype, seed, memory_format=torch.channels_last):
     n, c, h, w, kh, kw, (ph, pw) = case
     gen = torch.Generator().manual_seed(seed)
     oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
     grad = torch.randn(n, c, oh, ow, generator=gen, dtype=torch.float64)
     weight = torch.randn(c, 1, kh, kw, generator=gen, dtype=torch.float64)
-    return grad.to(dtype).contiguous(memory_format=torch.channels_last), weight.to(dtype), (h, w)
+    return grad.to(dtype).contiguous(memory_format=memory_format), weight.to(dtype), (h, w)
 
 
 def _reference(grad: torch.Tensor, weight: torch.Tensor, size, padding) -> torch.Tensor:
@@ -46,10 +46,15 @@ def _reference(grad: torch.Tensor, weight: torch.Tensor, size, padding) -> torch
     return out[:, ph : ph + size[0], pw : pw + size[1]].unsqueeze(1)
 
 
+LAYOUTS = [torch.channels_last, torch.contiguous_format]
+
+
+@pytest.mark.parametrize("memory_format", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("case", CASES)
-def test_input_gradient_equals_the_float64_reference(dtype, case):
-    grad, weight, size = _operands(case, dtype, seed=sum(case[:6]))
+def test_input_gradient_equals_the_float64_reference(dtype, case, memory_format):
+    grad, weight, size = _operands(case, dtype, seed=sum(case[:6]), memory_format=memory_format)
+    assert grad.is_contiguous(memory_format=memory_format)
     padding = case[6]
     poison_allocator((case[0], 1, *size), device="cpu", dtype=dtype)
     got = torch.ops.advprune.one_channel_conv_input_grad(grad, weight, *padding)
@@ -63,14 +68,19 @@ def test_input_gradient_equals_the_float64_reference(dtype, case):
     assert got.abs().min() < got.abs().max()  # not a constant: every pixel written from its own taps
 
 
-def test_a_contiguous_gradient_gives_the_same_result():
-    grad, weight, _ = _operands(CASES[0], torch.float32, seed=1)
-    cl = torch.ops.advprune.one_channel_conv_input_grad(grad, weight, 1, 1)
-    assert torch.equal(torch.ops.advprune.one_channel_conv_input_grad(grad.contiguous(), weight, 1, 1), cl)
+def test_a_gradient_in_neither_layout_gives_the_contiguous_result():
+    grad, weight, size = _operands(CASES[1], torch.float32, seed=1, memory_format=torch.contiguous_format)
+    strided = torch.randn(grad.shape[0], grad.shape[1] + 3, *grad.shape[2:])[:, 2 : 2 + grad.shape[1]]
+    strided.copy_(grad)
+    assert not strided.is_contiguous() and not strided.is_contiguous(memory_format=torch.channels_last)
+    got = torch.ops.advprune.one_channel_conv_input_grad(strided, weight, 0, 0)
+    assert torch.equal(got, torch.ops.advprune.one_channel_conv_input_grad(grad, weight, 0, 0))
+    assert_close_rel(got, _reference(grad, weight, size, (0, 0)), 1e-5)
 
 
-def test_a_nan_reaches_exactly_the_pixels_under_its_taps():
-    grad, weight, size = _operands(CASES[0], torch.float32, seed=2)
+@pytest.mark.parametrize("memory_format", LAYOUTS)
+def test_a_nan_reaches_exactly_the_pixels_under_its_taps(memory_format):
+    grad, weight, size = _operands(CASES[0], torch.float32, seed=2, memory_format=memory_format)
     grad[1, 5, 10, 20] = float("nan")
     got = torch.ops.advprune.one_channel_conv_input_grad(grad, weight, 1, 1)
     want = _reference(grad, weight, size, (1, 1))

@@ -1,8 +1,10 @@
 // CPU kernel of advprune::one_channel_conv_input_grad: the input gradient of a stride-1 convolution of a
 // one-channel batch (the small CNN's first layer on Fashion-MNIST), which every attack step needs.
 // oneDNN's backward-data kernel spends 6-20 ms on it at 175x32x28x28 float32 on an AVX2 core, against
-// 1.5 ms for the forward: it reduces 32 channels into 1 through a path made for many. Here each input
-// pixel is one dot product over its taps' channel vectors (channels_last: contiguous), in vector chunks.
+// 1.5 ms for the forward: it reduces 32 channels into 1 through a path made for many. Here, for a
+// channels_last gradient, each input pixel is one dot product over its taps' channel vectors (contiguous), in
+// vector chunks; for a contiguous (NCHW) one, each channel's plane is added, shifted and weighted, once per tap
+// onto the image's input gradient, a row at a time (plane and result stay in L1), so no layout copy is needed.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -28,12 +30,12 @@ struct ConvGeometry {
         kw(weight.size(3)), pad_h(pad_h_), pad_w(pad_w_), h(oh - 2 * pad_h_ + kh - 1), w(ow - 2 * pad_w_ + kw - 1) {}
 };
 
-// The weight as opmath values in [KH, KW, C] order: each tap's C channels contiguous, like a pixel's gradient.
+// The weight as opmath values, in [KH, KW, C] order for a channels_last gradient (each tap's C channels
+// contiguous, like a pixel's gradient), in [C, KH, KW] order for a contiguous one.
 template <typename scalar_t>
-std::vector<at::opmath_type<scalar_t>> taps_by_channel(const at::Tensor& weight) {
-  const at::Tensor w = weight.to(c10::CppTypeToScalarType<at::opmath_type<scalar_t>>::value)
-                           .permute({2, 3, 0, 1})
-                           .contiguous();
+std::vector<at::opmath_type<scalar_t>> opmath_taps(const at::Tensor& weight, bool channels_last) {
+  at::Tensor w = weight.to(c10::CppTypeToScalarType<at::opmath_type<scalar_t>>::value);
+  w = (channels_last ? w.permute({2, 3, 0, 1}) : w).contiguous();
   const auto* data = w.const_data_ptr<at::opmath_type<scalar_t>>();
   return {data, data + w.numel()};
 }
@@ -68,16 +70,66 @@ void image_input_grad(const ConvGeometry& p, const A* g, const A* taps, A* out) 
   }
 }
 
+// Scratch for a contiguous gradient: one channel's plane, zero-padded so that every tap reads whole vectors with
+// no edge cases (gradient pixel (r, col) at (r + KH - 1, col + KW - 1)), and the image's input gradient in rows
+// rounded up to whole vectors (the columns past W are computed and dropped).
+template <typename A>
+struct PaddedPlanes {
+  int64_t width, cols;
+  std::vector<A> plane, out;
+
+  explicit PaddedPlanes(const ConvGeometry& p)
+      : width((p.w + Vec<A>::size() - 1) / Vec<A>::size() * Vec<A>::size()),
+        cols(width + 2 * (p.pad_w + p.kw - 1)),
+        plane((p.h + 2 * (p.pad_h + p.kh - 1)) * cols, A(0)),
+        out(p.h * width) {}
+};
+
+// The same sum for a contiguous gradient (one image, [C, OH, OW]; taps in [C, KH, KW]): channel by channel, each
+// input row's vector chunk gathers its KH x KW weighted, shifted gradient rows from the padded plane.
+template <typename scalar_t, typename A>
+void image_input_grad_planar(const ConvGeometry& p, const scalar_t* g, const A* taps, PaddedPlanes<A>& s,
+                             scalar_t* grad_in) {
+  constexpr int64_t W = Vec<A>::size();
+  std::fill(s.out.begin(), s.out.end(), A(0));
+  for (int64_t ch = 0; ch < p.c; ++ch) {
+    for (int64_t r = 0; r < p.oh; ++r) {
+      at::vec::convert(g + (ch * p.oh + r) * p.ow, s.plane.data() + (r + p.kh - 1) * s.cols + p.kw - 1, p.ow);
+    }
+    const A* w = taps + ch * p.kh * p.kw;
+    for (int64_t i = 0; i < p.h; ++i) {
+      for (int64_t j = 0; j < s.width; j += W) {
+        Vec<A> acc = Vec<A>::loadu(s.out.data() + i * s.width + j);
+        for (int64_t a = 0; a < p.kh; ++a) {
+          // input (i, j) reads gradient (i + pad_h - a, j + pad_w - b): padded (i + pad_h + KH-1 - a, ... - b)
+          const A* row = s.plane.data() + (i + p.pad_h + p.kh - 1 - a) * s.cols + j + p.pad_w + p.kw - 1;
+          for (int64_t b = 0; b < p.kw; ++b) acc = at::vec::fmadd(Vec<A>(w[a * p.kw + b]), Vec<A>::loadu(row - b), acc);
+        }
+        acc.store(s.out.data() + i * s.width + j);
+      }
+    }
+  }
+  for (int64_t i = 0; i < p.h; ++i) store_from_opmath(s.out.data() + i * s.width, grad_in + i * p.w, p.w);
+}
+
 template <typename scalar_t>
 void input_grad_kernel(const at::Tensor& grad, const at::Tensor& weight, const ConvGeometry& p,
                        const at::Tensor& grad_in) {
   using A = at::opmath_type<scalar_t>;
-  const std::vector<A> taps = taps_by_channel<scalar_t>(weight);
+  const bool channels_last = grad.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const std::vector<A> taps = opmath_taps<scalar_t>(weight, channels_last);
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   scalar_t* gi = grad_in.data_ptr<scalar_t>();
   const int64_t image_in = p.oh * p.ow * p.c, image_out = p.h * p.w;
   const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(image_in, 1));
   at::parallel_for(0, p.n, grain, [&](int64_t begin, int64_t end) {
+    if (!channels_last) {
+      PaddedPlanes<A> scratch(p);
+      for (int64_t image = begin; image < end; ++image) {
+        image_input_grad_planar(p, g + image * image_in, taps.data(), scratch, gi + image * image_out);
+      }
+      return;
+    }
     std::vector<A> converted(std::is_same_v<scalar_t, A> ? 0 : image_in), out(image_out);
     for (int64_t image = begin; image < end; ++image) {
       const A* src = as_opmath(g + image * image_in, image_in, converted.data());
@@ -90,7 +142,8 @@ void input_grad_kernel(const at::Tensor& grad, const at::Tensor& weight, const C
 at::Tensor one_channel_conv_input_grad_cpu(const at::Tensor& grad, const at::Tensor& weight, int64_t pad_h,
                                            int64_t pad_w) {
   check_one_channel_conv_input_grad(grad, weight, pad_h, pad_w, c10::kCPU);
-  const at::Tensor g = grad.contiguous(at::MemoryFormat::ChannelsLast);
+  // a gradient in neither layout is made contiguous; one channel or 1x1 pixels are both layouts (channels_last)
+  const at::Tensor g = grad.is_contiguous(at::MemoryFormat::ChannelsLast) ? grad : grad.contiguous();
   const ConvGeometry p(g, weight, pad_h, pad_w);
   at::Tensor grad_in = at::empty({p.n, 1, p.h, p.w}, g.options().memory_format(at::MemoryFormat::Contiguous));
   if (grad_in.numel() == 0) return grad_in;  // (no channels or no gradient pixels: every sum is empty, 0)
