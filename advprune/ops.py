@@ -23,6 +23,7 @@ __all__ = [
     "kl_rows",
     "max_pool2x2",
     "one_channel_conv2d",
+    "one_channel_conv_max_pool2x2",
     "pgd_step_",
     "project_",
     "sample_scores",
@@ -228,6 +229,24 @@ class _MaxPool2x2Backward(torch.autograd.Function):
         return winners, None, None
 
 
+def _frozen_one_channel_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the compiled kernels of a one-channel first layer serve: frozen weights (as the attacks run them)
+    and a 4-D one-channel batch on the CPU."""
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    return _EXT and frozen and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] == 1 and weight.dim() == 4
+
+
+def _autocast_operands(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The operands as CPU autocast casts conv2d's (floating ones to its dtype, float64 kept), for an op that then
+    runs with autocast off."""
+    if not torch.is_autocast_enabled("cpu"):
+        return tensors
+    dtype = torch.get_autocast_dtype("cpu")
+    return tuple(
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t for t in tensors
+    )
+
+
 def one_channel_conv2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
@@ -236,17 +255,28 @@ def one_channel_conv2d(
     oneDNN's takes up to 4-13x the forward's time for one input channel; the same values and gradients (to
     rounding), autocast casting as for F.conv2d, double backward as through it. Anything else (weights that
     require gradients, more channels, other devices, no extension) is F.conv2d itself."""
-    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    if not (_EXT and frozen and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] == 1 and weight.dim() == 4):
+    if not _frozen_one_channel_cpu(x, weight, bias):
         return torch.nn.functional.conv2d(x, weight, bias, padding=padding)
-    if torch.is_autocast_enabled("cpu"):  # cast as autocast casts conv2d's operands, then keep it off
-        dtype = torch.get_autocast_dtype("cpu")
-        x, weight, bias = (
-            t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
-            for t in (x, weight, bias)
-        )
+    x, weight, bias = _autocast_operands(x, weight, bias)
     with torch.autocast("cpu", enabled=False):
         return _FrozenOneChannelConv2d.apply(x, weight, bias, tuple(padding))
+
+
+def one_channel_conv_max_pool2x2(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """max_pool2x2(one_channel_conv2d(x, weight, bias, padding)): the small CNN's first convolution and pooling.
+    With the weights frozen and a channels_last convolution (channels_last weights, as advprune's models have)
+    on the CPU, one kernel computes both, and one their input gradient, without the convolution's output (25 MB
+    at batch 250) ever leaving the cache: the same values and gradients to rounding (a window's winner may
+    differ where two of its values are within rounding), autocast and double backward as through the two ops.
+    Anything else is the two ops in turn."""
+    channels_last = weight.dim() == 4 and (weight.stride(1) == 1 or x.stride(1) == 1)  # conv2d's output layout
+    if not (channels_last and _frozen_one_channel_cpu(x, weight, bias)):
+        return max_pool2x2(one_channel_conv2d(x, weight, bias, padding))
+    x, weight, bias = _autocast_operands(x, weight, bias)
+    with torch.autocast("cpu", enabled=False):
+        return _FrozenOneChannelConvPool.apply(x, weight, bias, tuple(padding))
 
 
 class _FrozenOneChannelConv2d(torch.autograd.Function):
@@ -264,10 +294,40 @@ class _FrozenOneChannelConv2d(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         if not torch.is_grad_enabled():
             return torch.ops.advprune.one_channel_conv_input_grad(grad, weight, *ctx.padding), None, None, None
-        grad_x = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
-        )[0]
-        return grad_x, None, None, None
+        return _conv_input_grad(grad, x, weight, ctx.padding), None, None, None
+
+
+def _conv_input_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding) -> torch.Tensor:
+    """conv2d's input gradient through aten (differentiable: double backward)."""
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [1, 1], list(padding), [1, 1], False, [0, 0], 1, [True, False, False]
+    )[0]
+
+
+class _FrozenOneChannelConvPool(torch.autograd.Function):
+    """The fused convolution and pooling with frozen weights: saves the byte-sized window positions; the input
+    gradient from the compiled kernel (under create_graph: the pooling's differentiable backward, then aten's)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        out, argmax = torch.ops.advprune.one_channel_conv_max_pool2x2(x, weight, bias, *padding)
+        ctx.save_for_backward(x, weight, argmax)
+        ctx.padding = padding
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, argmax = ctx.saved_tensors
+        height, width = x.shape[2:]
+        if not torch.is_grad_enabled():
+            grad_x = torch.ops.advprune.one_channel_conv_max_pool2x2_input_grad(
+                grad, argmax, weight, *ctx.padding, height, width
+            )
+            return grad_x, None, None, None
+        (pad_h, pad_w), (kh, kw) = ctx.padding, weight.shape[2:]
+        conv_size = (height + 2 * pad_h - kh + 1, width + 2 * pad_w - kw + 1)
+        conv_grad = _MaxPool2x2Backward.apply(grad, argmax, conv_size)
+        return _conv_input_grad(conv_grad, x, weight, ctx.padding), None, None, None
 
 
 # ------------------------------------------------- fake kernels and autograd
@@ -323,6 +383,18 @@ if _EXT:
         n, _, oh, ow = grad.shape
         height, width = oh - 2 * pad_h + weight.shape[2] - 1, ow - 2 * pad_w + weight.shape[3] - 1
         return grad.new_empty((n, 1, height, width))
+
+    @torch.library.register_fake("advprune::one_channel_conv_max_pool2x2")
+    def _one_channel_conv_max_pool2x2_fake(x, weight, bias, pad_h, pad_w):
+        n, _, height, width = x.shape
+        out_h, out_w = height + 2 * pad_h - weight.shape[2] + 1, width + 2 * pad_w - weight.shape[3] + 1
+        shape = (n, weight.shape[0], out_h // 2, out_w // 2)
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        return out, torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=torch.channels_last)
+
+    @torch.library.register_fake("advprune::one_channel_conv_max_pool2x2_input_grad")
+    def _one_channel_conv_max_pool2x2_input_grad_fake(grad, argmax, weight, pad_h, pad_w, height, width):
+        return grad.new_empty((grad.shape[0], 1, height, width))
 
     @torch.library.register_fake("advprune::max_pool2x2_backward")
     def _max_pool2x2_backward_fake(grad, argmax, height, width):

@@ -328,6 +328,27 @@ def first_conv_cases(device, quick):
             layer_fwd_bwd(lambda t, w=weight, b=bias: F.conv2d(t, w, b, padding=1)),
             lambda x=x, grad=grad: (x, grad),
         )
+    yield from first_block_cases(quick)
+
+
+def first_block_cases(quick):
+    """The small CNN's first convolution and pooling in one kernel (channels_last weights, frozen) against
+    max_pool2d(conv2d): forward and input gradient at batch 250."""
+    for dtype in (torch.float32,) if quick else (torch.float32, torch.bfloat16):
+        gen = torch.Generator().manual_seed(5)
+        x = torch.rand(250, 1, 28, 28, generator=gen).to(dtype)
+        weight = torch.randn(32, 1, 3, 3, generator=gen).to(dtype).to(memory_format=torch.channels_last)
+        bias = torch.randn(32, generator=gen).to(dtype)
+        grad = torch.randn(250, 32, 14, 14, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        yield (
+            "first_block",
+            tuple(grad.shape),
+            dtype,
+            2 * x.nbytes + 2 * grad.nbytes,  # x read, out written; grad read, grad_in written
+            layer_fwd_bwd(lambda t, w=weight, b=bias: ops.one_channel_conv_max_pool2x2(t, w, b, (1, 1))),
+            layer_fwd_bwd(lambda t, w=weight, b=bias: F.max_pool2d(F.conv2d(t, w, b, padding=1), 2)),
+            lambda x=x, grad=grad: (x, grad),
+        )
 
 
 def fmt_table(rows) -> str:

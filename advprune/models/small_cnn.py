@@ -74,6 +74,12 @@ class FirstConv2d(nn.Conv2d):
         return conv.to(self.weight.device, self.weight.dtype)
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether a module has forward or backward hooks (which a fused call of it would skip)."""
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(module, name, None) for name in hooks)
+
+
 class SmallCNN(nn.Module):
     def __init__(
         self,
@@ -102,7 +108,15 @@ class SmallCNN(nn.Module):
         self.linear = nn.Linear(128, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.normalize(x))
+        x = self.normalize(x)
+        conv, pool = self.body[0], self.body[1]
+        if type(conv) is FirstConv2d and type(pool) is MaxPool2x2 and not (_hooked(conv) or _hooked(pool)):
+            # one op for both (with frozen weights: one kernel, see ops.one_channel_conv_max_pool2x2)
+            x = ops.one_channel_conv_max_pool2x2(x, conv.weight, conv.bias, conv.padding)
+            for layer in list(self.body)[2:]:
+                x = layer(x)
+            return x
+        return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.features(x))

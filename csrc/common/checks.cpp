@@ -181,28 +181,87 @@ void check_max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& argmax
                     " and argmax on ", text(argmax.device()));
 }
 
+namespace {
+
+// weight [C, 1, KH, KW] floating, of `like`'s dtype and device, with C = channels where channels >= 0; padding >= 0.
+void check_one_channel_weight(const char* op, const at::Tensor& weight, int64_t channels, const char* like_name,
+                              const at::Tensor& like, int64_t pad_h, int64_t pad_w) {
+  check_float_tensor(op, "weight", weight);
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == 1 && (channels < 0 || weight.size(0) == channels), op,
+                    ": weight must be [C, 1, KH, KW]", channels < 0 ? "" : " with " + std::string(like_name) + "'s C = ",
+                    channels < 0 ? "" : text(channels), ", got shape ", text(weight.sizes()));
+  TORCH_CHECK_TYPE(weight.scalar_type() == like.scalar_type(), op, ": weight has dtype ",
+                   dtype_name(weight.scalar_type()), " but ", like_name, " has dtype ", dtype_name(like.scalar_type()),
+                   "; they must match");
+  TORCH_CHECK_VALUE(weight.device() == like.device(), op, ": weight is on ", text(weight.device()), " but ",
+                    like_name, " on ", text(like.device()));
+  TORCH_CHECK_VALUE(pad_h >= 0 && pad_w >= 0, op, ": padding must be >= 0, got (", text(pad_h), ", ",
+                    text(pad_w), ")");
+}
+
+void check_device(const char* op, const char* name, const at::Tensor& t, c10::DeviceType kernel_device) {
+  TORCH_CHECK_VALUE(t.device().type() == kernel_device, op, ": the ", text(c10::Device(kernel_device)), " kernel got ",
+                    name, " on ", text(t.device()));
+}
+
+}  // namespace
+
 void check_one_channel_conv_input_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t pad_h,
                                        int64_t pad_w, c10::DeviceType kernel_device) {
   const char* op = "advprune.one_channel_conv_input_grad";
   check_float_tensor(op, "grad", grad);
-  check_float_tensor(op, "weight", weight);
   TORCH_CHECK_VALUE(grad.dim() == 4, op, ": grad must be 4-D [N, C, OH, OW], got shape ", text(grad.sizes()));
-  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == 1 && weight.size(0) == grad.size(1), op,
-                    ": weight must be [C, 1, KH, KW] with grad's C = ", text(grad.size(1)), ", got shape ",
-                    text(weight.sizes()));
-  TORCH_CHECK_TYPE(weight.scalar_type() == grad.scalar_type(), op, ": weight has dtype ",
-                   dtype_name(weight.scalar_type()), " but grad has dtype ", dtype_name(grad.scalar_type()),
-                   "; they must match");
-  TORCH_CHECK_VALUE(pad_h >= 0 && pad_w >= 0, op, ": padding must be >= 0, got (", text(pad_h), ", ",
-                    text(pad_w), ")");
+  check_one_channel_weight(op, weight, grad.size(1), "grad", grad, pad_h, pad_w);
   const int64_t height = grad.size(2) - 2 * pad_h + weight.size(2) - 1;
   const int64_t width = grad.size(3) - 2 * pad_w + weight.size(3) - 1;
   TORCH_CHECK_VALUE(height >= 1 && width >= 1, op, ": grad of shape ", text(grad.sizes()), ", a ",
                     text(weight.size(2)), "x", text(weight.size(3)), " kernel and padding (", text(pad_h), ", ",
                     text(pad_w), ") imply an input of ", text(height), "x", text(width));
-  TORCH_CHECK_VALUE(grad.device().type() == kernel_device && weight.device() == grad.device(), op, ": the ",
-                    text(c10::Device(kernel_device)), " kernel got grad on ", text(grad.device()),
-                    " and weight on ", text(weight.device()));
+  check_device(op, "grad", grad, kernel_device);
+}
+
+void check_one_channel_conv_max_pool2x2(const at::Tensor& x, const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& bias, int64_t pad_h, int64_t pad_w,
+                                        c10::DeviceType kernel_device) {
+  const char* op = "advprune.one_channel_conv_max_pool2x2";
+  check_float_tensor(op, "x", x);
+  TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == 1, op, ": x must be [N, 1, H, W] (one channel), got shape ",
+                    text(x.sizes()));
+  check_one_channel_weight(op, weight, -1, "x", x, pad_h, pad_w);
+  if (bias.has_value() && bias->defined()) {
+    check_float_tensor(op, "bias", *bias);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [C] with C = ",
+                      text(weight.size(0)), ", got shape ", text(bias->sizes()));
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type() && bias->device() == x.device(), op,
+                     ": bias must have x's dtype and device (", dtype_name(x.scalar_type()), ", ",
+                     text(x.device()), "), got ", dtype_name(bias->scalar_type()), " on ", text(bias->device()));
+  }
+  const int64_t out_h = x.size(2) + 2 * pad_h - weight.size(2) + 1;
+  const int64_t out_w = x.size(3) + 2 * pad_w - weight.size(3) + 1;
+  TORCH_CHECK_VALUE(out_h >= 2 && out_w >= 2, op, ": x of shape ", text(x.sizes()), ", a ", text(weight.size(2)),
+                    "x", text(weight.size(3)), " kernel and padding (", text(pad_h), ", ", text(pad_w),
+                    ") give a convolution output of ", text(out_h), "x", text(out_w), "; pooling needs 2x2 or more");
+  check_device(op, "x", x, kernel_device);
+}
+
+void check_one_channel_conv_max_pool2x2_input_grad(const at::Tensor& grad, const at::Tensor& argmax,
+                                                   const at::Tensor& weight, int64_t pad_h, int64_t pad_w,
+                                                   int64_t height, int64_t width, c10::DeviceType kernel_device) {
+  const char* op = "advprune.one_channel_conv_max_pool2x2_input_grad";
+  check_float_tensor(op, "grad", grad);
+  TORCH_CHECK_VALUE(grad.dim() == 4, op, ": grad must be 4-D [N, C, PH, PW], got shape ", text(grad.sizes()));
+  check_one_channel_weight(op, weight, grad.size(1), "grad", grad, pad_h, pad_w);
+  const int64_t out_h = height + 2 * pad_h - weight.size(2) + 1, out_w = width + 2 * pad_w - weight.size(3) + 1;
+  TORCH_CHECK_VALUE(height >= 1 && width >= 1 && out_h >= 2 && out_w >= 2 && grad.size(2) == out_h / 2 &&
+                        grad.size(3) == out_w / 2,
+                    op, ": grad has shape ", text(grad.sizes()), ", which is not the pooled convolution output (",
+                    text(out_h), "x", text(out_w), " pooled to ", text(out_h / 2), "x", text(out_w / 2),
+                    ") of an input of ", text(height), "x", text(width), " with this kernel and padding");
+  TORCH_CHECK_TYPE(argmax.defined() && argmax.scalar_type() == at::kByte, op, ": argmax must be uint8");
+  TORCH_CHECK_VALUE(argmax.sizes() == grad.sizes() && argmax.device() == grad.device(), op, ": argmax has shape ",
+                    text(argmax.sizes()), " on ", text(argmax.device()), " but grad has shape ", text(grad.sizes()),
+                    " on ", text(grad.device()));
+  check_device(op, "grad", grad, kernel_device);
 }
 
 }  // namespace advprune

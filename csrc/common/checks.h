@@ -62,4 +62,16 @@ void check_max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& argmax
 void check_one_channel_conv_input_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t pad_h,
                                        int64_t pad_w, c10::DeviceType kernel_device);
 
+// x [N, 1, H, W], weight [C, 1, KH, KW] and bias [C] (optional), floating of one dtype, on the kernel's device;
+// padding >= 0 and a convolution output of at least 2x2 to pool.
+void check_one_channel_conv_max_pool2x2(const at::Tensor& x, const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& bias, int64_t pad_h, int64_t pad_w,
+                                        c10::DeviceType kernel_device);
+
+// grad [N, C, PH, PW] floating, argmax uint8 of its shape, weight [C, 1, KH, KW] of its dtype, on the kernel's
+// device; [PH, PW] the pooled convolution output of a height x width input with that kernel and padding.
+void check_one_channel_conv_max_pool2x2_input_grad(const at::Tensor& grad, const at::Tensor& argmax,
+                                                   const at::Tensor& weight, int64_t pad_h, int64_t pad_w,
+                                                   int64_t height, int64_t width, c10::DeviceType kernel_device);
+
 }  // namespace advprune

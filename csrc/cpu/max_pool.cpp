@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../common/checks.h"
+#include "pool_rows.h"
 #include "vec_math.h"
 
 #include <algorithm>
@@ -36,13 +37,6 @@ struct RowBuffers {
         out(kConvert ? output_row : 0), codes(output_row) {}
 };
 
-// The window positions between uint8 and opmath values: a plain cast the compiler vectorises
-// (at::vec::convert's generic path, which these types take, runs several times slower).
-template <typename From, typename To>
-inline void cast_codes(const From* from, To* to, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(from[i]);
-}
-
 // The pooling's geometry (channels_last: each pixel's c channels are contiguous). Both directions split
 // the work by output row, the pair of input rows it pools, and walk its pixels in vector chunks.
 struct PoolGeometry {
@@ -64,20 +58,11 @@ struct PoolGeometry {
       for (int64_t row = begin; row < end; ++row) f(row, buf);
     });
   }
-
-  // f(j, ch, count) for each pooled pixel j of a row and each chunk of at most `lanes` channels from ch.
-  template <typename F>
-  void for_each_chunk(int64_t lanes, const F& f) const {
-    for (int64_t j = 0; j < ow; ++j) {
-      for (int64_t ch = 0; ch < c; ch += lanes) f(j, ch, std::min<int64_t>(lanes, c - ch));
-    }
-  }
 };
 
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const at::Tensor& out, const at::Tensor& argmax) {
   using A = at::opmath_type<scalar_t>;
-  using V = Vec<A>;
   const PoolGeometry p(x);
   const scalar_t* in = x.const_data_ptr<scalar_t>();
   uint8_t* k = argmax.data_ptr<uint8_t>();
@@ -88,20 +73,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& out, const at::Tensor
     const A* top = as_opmath(top_in, wc, buf.first.data());
     const A* bottom = as_opmath(top_in + wc, wc, buf.second.data());
     A* out_row = buf.kConvert ? buf.out.data() : reinterpret_cast<A*>(o + row * row_out);
-    p.for_each_chunk(V::size(), [&](int64_t j, int64_t ch, int64_t count) {
-      const int64_t at = 2 * j * p.c + ch;
-      V m = V::loadu(top + at, count), code(A(0));
-      // max_pool2d's rule, in its order: take v when v > max or v is NaN
-      const V candidates[3] = {V::loadu(top + at + p.c, count), V::loadu(bottom + at, count),
-                               V::loadu(bottom + at + p.c, count)};
-      for (int i = 0; i < 3; ++i) {
-        const V take = (candidates[i] > m) | candidates[i].isnan();
-        m = V::blendv(m, candidates[i], take);
-        code = V::blendv(code, V(A(i + 1)), take);
-      }
-      m.store(out_row + j * p.c + ch, count);
-      code.store(buf.codes.data() + j * p.c + ch, count);
-    });
+    pool_row(top, bottom, p.ow, p.c, out_row, buf.codes.data());
     if constexpr (RowBuffers<scalar_t>::kConvert) {
       at::vec::convert(out_row, o + row * row_out, row_out);  // exact: every value is an input's
     }
@@ -112,7 +84,6 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& out, const at::Tensor
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& grad_in) {
   using A = at::opmath_type<scalar_t>;
-  using V = Vec<A>;
   const PoolGeometry p(grad_in);
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const uint8_t* k = argmax.const_data_ptr<uint8_t>();
@@ -125,15 +96,7 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& argmax, const at:
     scalar_t* top_out = gi + p.input_offset(row);
     A* rows[2] = {buf.kConvert ? buf.first.data() : reinterpret_cast<A*>(top_out),
                   buf.kConvert ? buf.second.data() : reinterpret_cast<A*>(top_out + wc)};
-    p.for_each_chunk(V::size(), [&](int64_t j, int64_t ch, int64_t count) {
-      const V value = V::loadu(src + j * p.c + ch, count), code = V::loadu(buf.codes.data() + j * p.c + ch, count);
-      for (int dy = 0; dy < 2; ++dy) {
-        for (int dx = 0; dx < 2; ++dx) {  // +0.0 where another position won, as max_pool2d's 0 + g
-          V::blendv(V(A(0)), value, code == V(A(dy * 2 + dx))).store(rows[dy] + (2 * j + dx) * p.c + ch, count);
-        }
-      }
-    });
-    for (A* r : rows) std::fill(r + 2 * row_out, r + wc, A(0));  // the odd last column
+    unpool_row(src, buf.codes.data(), p.ow, p.c, p.w, rows[0], rows[1]);
     if constexpr (RowBuffers<scalar_t>::kConvert) {
       at::vec::convert(rows[0], top_out, wc);
       at::vec::convert(rows[1], top_out + wc, wc);

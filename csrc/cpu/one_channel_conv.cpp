@@ -12,9 +12,11 @@
 #include <torch/library.h>
 
 #include "../common/checks.h"
+#include "pool_rows.h"
 #include "vec_math.h"
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 namespace advprune::cpu {
@@ -25,9 +27,15 @@ constexpr int64_t kElementGrain = 32768;
 struct ConvGeometry {
   int64_t n, c, oh, ow, kh, kw, pad_h, pad_w, h, w;
 
+  // From the output gradient [N, C, OH, OW] (the input's size follows).
   ConvGeometry(const at::Tensor& grad, const at::Tensor& weight, int64_t pad_h_, int64_t pad_w_)
       : n(grad.size(0)), c(grad.size(1)), oh(grad.size(2)), ow(grad.size(3)), kh(weight.size(2)),
         kw(weight.size(3)), pad_h(pad_h_), pad_w(pad_w_), h(oh - 2 * pad_h_ + kh - 1), w(ow - 2 * pad_w_ + kw - 1) {}
+
+  // From the input's size (the output's follows).
+  ConvGeometry(int64_t n_, int64_t h_, int64_t w_, const at::Tensor& weight, int64_t pad_h_, int64_t pad_w_)
+      : n(n_), c(weight.size(0)), oh(h_ + 2 * pad_h_ - weight.size(2) + 1), ow(w_ + 2 * pad_w_ - weight.size(3) + 1),
+        kh(weight.size(2)), kw(weight.size(3)), pad_h(pad_h_), pad_w(pad_w_), h(h_), w(w_) {}
 };
 
 // The weight as opmath values, in [KH, KW, C] order for a channels_last gradient (each tap's C channels
@@ -152,8 +160,143 @@ at::Tensor one_channel_conv_input_grad_cpu(const at::Tensor& grad, const at::Ten
   return grad_in;
 }
 
+// ---- The small CNN's first block with frozen weights: convolution and 2x2 max pooling in one pass, so that the
+// convolution's output (25 MB at batch 250) and its gradient never leave the cache. ----
+
+// Rounds opmath values to scalar_t and back, as an unfused convolution's output in scalar_t would be.
+template <typename scalar_t>
+inline Vec<at::opmath_type<scalar_t>> round_like(const Vec<at::opmath_type<scalar_t>>& v) {
+  using A = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, A>) {
+    return v;
+  } else {
+    return std::get<0>(at::vec::convert_to_float<scalar_t>(at::vec::convert_from_float<scalar_t>(v, v)));
+  }
+}
+
+// One pooled row of one image (channels_last, opmath): for each pooled pixel and chunk of channels, the four
+// convolution outputs of its window (bias plus each tap's weights, taps in [KH, KW, C], times the input pixel
+// under it in the zero-padded input plane), rounded to scalar_t, then their maximum and its window position.
+template <typename scalar_t, typename A = at::opmath_type<scalar_t>>
+void conv_pool_row(const ConvGeometry& p, const A* padded, int64_t padded_w, const A* taps, const A* bias,
+                   int64_t pooled_row, A* out, A* codes) {
+  using V = Vec<A>;
+  for_each_pixel_chunk(p.ow / 2, p.c, V::size(), [&](int64_t j, int64_t ch, int64_t count) {
+    const V b0 = V::loadu(bias + ch, count);
+    V conv[4] = {b0, b0, b0, b0};  // the window in order: (0, 0), (0, 1), (1, 0), (1, 1)
+    const A* corner = padded + 2 * pooled_row * padded_w + 2 * j;
+    for (int64_t a = 0; a < p.kh; ++a) {
+      for (int64_t b = 0; b < p.kw; ++b) {
+        const V w = V::loadu(taps + (a * p.kw + b) * p.c + ch, count);
+        const A* in = corner + a * padded_w + b;
+        conv[0] = at::vec::fmadd(V(in[0]), w, conv[0]);
+        conv[1] = at::vec::fmadd(V(in[1]), w, conv[1]);
+        conv[2] = at::vec::fmadd(V(in[padded_w]), w, conv[2]);
+        conv[3] = at::vec::fmadd(V(in[padded_w + 1]), w, conv[3]);
+      }
+    }
+    for (V& v : conv) v = round_like<scalar_t>(v);
+    V m, code;
+    window_max(conv, m, code);
+    m.store(out + j * p.c + ch, count);
+    code.store(codes + j * p.c + ch, count);
+  });
+}
+
+template <typename scalar_t>
+void conv_pool_kernel(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      const ConvGeometry& p, const at::Tensor& out, const at::Tensor& argmax) {
+  using A = at::opmath_type<scalar_t>;
+  const std::vector<A> taps = opmath_taps<scalar_t>(weight, /*channels_last=*/true);
+  std::vector<A> bias_values(p.c, A(0));
+  if (bias.has_value()) {
+    const at::Tensor b = bias->to(c10::CppTypeToScalarType<A>::value).contiguous();
+    std::copy(b.const_data_ptr<A>(), b.const_data_ptr<A>() + p.c, bias_values.begin());
+  }
+  const scalar_t* in = x.const_data_ptr<scalar_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  uint8_t* k = argmax.data_ptr<uint8_t>();
+  const int64_t ph = p.oh / 2, row_out = (p.ow / 2) * p.c, padded_w = p.w + 2 * p.pad_w;
+  const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(p.oh * p.ow * p.c, 1));
+  at::parallel_for(0, p.n, grain, [&](int64_t begin, int64_t end) {
+    std::vector<A> padded((p.h + 2 * p.pad_h) * padded_w, A(0)), pooled(row_out), codes(row_out);
+    for (int64_t image = begin; image < end; ++image) {
+      for (int64_t i = 0; i < p.h; ++i) {  // the borders stay 0
+        at::vec::convert(in + (image * p.h + i) * p.w, padded.data() + (i + p.pad_h) * padded_w + p.pad_w, p.w);
+      }
+      for (int64_t r = 0; r < ph; ++r) {
+        conv_pool_row<scalar_t>(p, padded.data(), padded_w, taps.data(), bias_values.data(), r, pooled.data(),
+                                codes.data());
+        const int64_t at = (image * ph + r) * row_out;
+        store_from_opmath(pooled.data(), o + at, row_out);  // exact: each value is a rounded convolution's
+        cast_codes(codes.data(), k + at, row_out);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void conv_pool_input_grad_kernel(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& weight,
+                                 const ConvGeometry& p, const at::Tensor& grad_in) {
+  using A = at::opmath_type<scalar_t>;
+  const std::vector<A> taps = opmath_taps<scalar_t>(weight, /*channels_last=*/true);
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  const uint8_t* k = argmax.const_data_ptr<uint8_t>();
+  scalar_t* gi = grad_in.data_ptr<scalar_t>();
+  const int64_t ph = p.oh / 2, pw = p.ow / 2, row_out = pw * p.c, row_conv = p.ow * p.c;
+  const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(p.oh * row_conv, 1));
+  at::parallel_for(0, p.n, grain, [&](int64_t begin, int64_t end) {
+    // the convolution's output gradient of one image: rows past 2 * ph are in no window and stay 0
+    std::vector<A> conv_grad(p.oh * row_conv, A(0)), src(row_out), codes(row_out), out(p.h * p.w);
+    for (int64_t image = begin; image < end; ++image) {
+      for (int64_t r = 0; r < ph; ++r) {
+        const int64_t at = (image * ph + r) * row_out;
+        at::vec::convert(g + at, src.data(), row_out);
+        cast_codes(k + at, codes.data(), row_out);
+        A* top = conv_grad.data() + 2 * r * row_conv;
+        unpool_row(src.data(), codes.data(), pw, p.c, p.ow, top, top + row_conv);
+      }
+      image_input_grad(p, conv_grad.data(), taps.data(), out.data());
+      store_from_opmath(out.data(), gi + image * p.h * p.w, p.h * p.w);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> one_channel_conv_max_pool2x2_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                                    const std::optional<at::Tensor>& bias,
+                                                                    int64_t pad_h, int64_t pad_w) {
+  check_one_channel_conv_max_pool2x2(x, weight, bias, pad_h, pad_w, c10::kCPU);
+  const at::Tensor input = x.contiguous();  // one channel: [N, H, W] in memory, either layout
+  const ConvGeometry p(x.size(0), x.size(2), x.size(3), weight, pad_h, pad_w);
+  const auto options = x.options().memory_format(at::MemoryFormat::ChannelsLast);
+  const std::vector<int64_t> shape{p.n, p.c, p.oh / 2, p.ow / 2};
+  at::Tensor out = at::empty(shape, options), argmax = at::empty(shape, options.dtype(at::kByte));
+  if (out.numel() == 0) return {out, argmax};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "one_channel_conv_max_pool2x2",
+                                  [&] { conv_pool_kernel<scalar_t>(input, weight, bias, p, out, argmax); });
+  return {out, argmax};
+}
+
+at::Tensor one_channel_conv_max_pool2x2_input_grad_cpu(const at::Tensor& grad, const at::Tensor& argmax,
+                                                       const at::Tensor& weight, int64_t pad_h, int64_t pad_w,
+                                                       int64_t height, int64_t width) {
+  check_one_channel_conv_max_pool2x2_input_grad(grad, argmax, weight, pad_h, pad_w, height, width, c10::kCPU);
+  const at::Tensor g = grad.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor k = argmax.contiguous(at::MemoryFormat::ChannelsLast);
+  const ConvGeometry p(g.size(0), height, width, weight, pad_h, pad_w);
+  at::Tensor grad_in = at::empty({p.n, 1, height, width}, g.options().memory_format(at::MemoryFormat::Contiguous));
+  if (grad_in.numel() == 0) return grad_in;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "one_channel_conv_max_pool2x2_input_grad",
+                                  [&] { conv_pool_input_grad_kernel<scalar_t>(g, k, weight, p, grad_in); });
+  return grad_in;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(advprune, CPU, m) { m.impl("one_channel_conv_input_grad", &one_channel_conv_input_grad_cpu); }
+TORCH_LIBRARY_IMPL(advprune, CPU, m) {
+  m.impl("one_channel_conv_input_grad", &one_channel_conv_input_grad_cpu);
+  m.impl("one_channel_conv_max_pool2x2", &one_channel_conv_max_pool2x2_cpu);
+  m.impl("one_channel_conv_max_pool2x2_input_grad", &one_channel_conv_max_pool2x2_input_grad_cpu);
+}
 
 }  // namespace advprune::cpu
