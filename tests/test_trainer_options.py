@@ -43,7 +43,9 @@ def test_l2_training_crafts_l2_perturbations(tmp_path, fashion):  # noqa: F811
     t.fit(loader(train), val)
     deltas = torch.cat(crafted)
     assert (deltas.norm(dim=1) <= 1.0 + 1e-4).all()
-    assert deltas.norm(dim=1).mean() > 0.5 and deltas.abs().max() > 0.2  # an l2 ball, not an linf box of 1.0/4
+    # an l2 ball, not an linf box: a sign step scaled into the ball would put 1/28 (0.036) on every coordinate,
+    # the gradient's own direction concentrates (about 0.2 at most here, depending on the run's rounding)
+    assert deltas.norm(dim=1).mean() > 0.5 and deltas.abs().max() > 3 / 28
     assert "val_pgd_acc" in records(tmp_path)[0]
     with pytest.raises(ValueError, match="fgsm_rs is an linf attack"):
         AttackConfig("fgsm_rs", eps=1.0, norm="l2")
