@@ -48,33 +48,50 @@ std::vector<at::opmath_type<scalar_t>> opmath_taps(const at::Tensor& weight, boo
   return {data, data + w.numel()};
 }
 
-// sum over channels of a[c] * b[c], c < n, in vector chunks.
+// Scratch for a channels_last gradient: one image's gradient pixels in opmath, zero-padded so that every input
+// pixel reads all KH x KW taps with no edge cases (gradient pixel (r, col) at (r + KH - 1, col + KW - 1)).
 template <typename A>
-inline Vec<A> dot_chunks(const A* a, const A* b, int64_t n, Vec<A> acc) {
-  constexpr int64_t W = Vec<A>::size();
-  int64_t i = 0;
-  for (; i + W <= n; i += W) acc = at::vec::fmadd(Vec<A>::loadu(a + i), Vec<A>::loadu(b + i), acc);
-  if (i < n) acc = acc + Vec<A>::loadu(a + i, n - i) * Vec<A>::loadu(b + i, n - i);
-  return acc;
+struct PaddedPixels {
+  int64_t c, kh, kw, cols;
+  std::vector<A> data;
+
+  explicit PaddedPixels(const ConvGeometry& p)
+      : c(p.c), kh(p.kh), kw(p.kw), cols(p.w + 2 * (p.pad_w + p.kw - 1)),
+        data((p.h + 2 * (p.pad_h + p.kh - 1)) * cols * p.c, A(0)) {}
+
+  // The first channel of gradient pixel (r, col); r and col may reach KH - 1 and KW - 1 outside the gradient.
+  A* pixel(int64_t r, int64_t col) { return data.data() + ((r + kh - 1) * cols + col + kw - 1) * c; }
+};
+
+// grad_in[i, j + t] for t < B: the sum over taps (a, b) and channels of gradient pixel (i + pad_h - a, j + t +
+// pad_w - b) times the tap's weights (taps in [KH, KW, C]); the B pixels share each weight load.
+template <int B, typename A>
+inline void input_grad_block(const ConvGeometry& p, PaddedPixels<A>& g, const A* taps, int64_t i, int64_t j, A* out) {
+  using V = Vec<A>;
+  V acc[B];
+  for (V& v : acc) v = V(A(0));
+  for (int64_t a = 0; a < p.kh; ++a) {
+    for (int64_t b = 0; b < p.kw; ++b) {
+      const A* pixel = g.pixel(i + p.pad_h - a, j + p.pad_w - b);
+      const A* w = taps + (a * p.kw + b) * p.c;
+      for (int64_t ch = 0; ch < p.c; ch += V::size()) {
+        const int64_t count = std::min<int64_t>(V::size(), p.c - ch);  // past it both loads give 0
+        const V wv = V::loadu(w + ch, count);
+        for (int t = 0; t < B; ++t) acc[t] = at::vec::fmadd(V::loadu(pixel + t * p.c + ch, count), wv, acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < B; ++t) out[t] = lane_sum(acc[t]);
 }
 
-// grad_in[i, j] = sum over taps (a, b) and channels c of grad[i + pad_h - a, j + pad_w - b, c] * weight[c, a, b],
-// for the taps whose gradient pixel exists; one image, channels_last gradient in opmath.
+// One image's input gradient [H, W] from its padded channels_last gradient, four pixels at a time.
 template <typename A>
-void image_input_grad(const ConvGeometry& p, const A* g, const A* taps, A* out) {
+void image_input_grad(const ConvGeometry& p, PaddedPixels<A>& g, const A* taps, A* out) {
+  constexpr int kBlock = 4;
   for (int64_t i = 0; i < p.h; ++i) {
-    const int64_t a_first = std::max<int64_t>(0, i + p.pad_h - (p.oh - 1)), a_end = std::min(p.kh, i + p.pad_h + 1);
-    for (int64_t j = 0; j < p.w; ++j) {
-      const int64_t b_first = std::max<int64_t>(0, j + p.pad_w - (p.ow - 1)), b_end = std::min(p.kw, j + p.pad_w + 1);
-      Vec<A> acc(A(0));
-      for (int64_t a = a_first; a < a_end; ++a) {
-        for (int64_t b = b_first; b < b_end; ++b) {
-          const A* pixel = g + ((i + p.pad_h - a) * p.ow + (j + p.pad_w - b)) * p.c;
-          acc = dot_chunks(pixel, taps + (a * p.kw + b) * p.c, p.c, acc);
-        }
-      }
-      out[i * p.w + j] = lane_sum(acc);
-    }
+    int64_t j = 0;
+    for (; j + kBlock <= p.w; j += kBlock) input_grad_block<kBlock>(p, g, taps, i, j, out + i * p.w + j);
+    for (; j < p.w; ++j) input_grad_block<1>(p, g, taps, i, j, out + i * p.w + j);
   }
 }
 
@@ -138,10 +155,13 @@ void input_grad_kernel(const at::Tensor& grad, const at::Tensor& weight, const C
       }
       return;
     }
-    std::vector<A> converted(std::is_same_v<scalar_t, A> ? 0 : image_in), out(image_out);
+    PaddedPixels<A> padded(p);
+    std::vector<A> out(image_out);
     for (int64_t image = begin; image < end; ++image) {
-      const A* src = as_opmath(g + image * image_in, image_in, converted.data());
-      image_input_grad(p, src, taps.data(), out.data());
+      for (int64_t r = 0; r < p.oh; ++r) {
+        at::vec::convert(g + image * image_in + r * p.ow * p.c, padded.pixel(r, 0), p.ow * p.c);
+      }
+      image_input_grad(p, padded, taps.data(), out.data());
       store_from_opmath(out.data(), gi + image * image_out, image_out);
     }
   });
@@ -247,16 +267,16 @@ void conv_pool_input_grad_kernel(const at::Tensor& grad, const at::Tensor& argma
   const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(p.oh * row_conv, 1));
   at::parallel_for(0, p.n, grain, [&](int64_t begin, int64_t end) {
     // the convolution's output gradient of one image: rows past 2 * ph are in no window and stay 0
-    std::vector<A> conv_grad(p.oh * row_conv, A(0)), src(row_out), codes(row_out), out(p.h * p.w);
+    PaddedPixels<A> conv_grad(p);
+    std::vector<A> src(row_out), codes(row_out), out(p.h * p.w);
     for (int64_t image = begin; image < end; ++image) {
       for (int64_t r = 0; r < ph; ++r) {
         const int64_t at = (image * ph + r) * row_out;
         at::vec::convert(g + at, src.data(), row_out);
         cast_codes(k + at, codes.data(), row_out);
-        A* top = conv_grad.data() + 2 * r * row_conv;
-        unpool_row(src.data(), codes.data(), pw, p.c, p.ow, top, top + row_conv);
+        unpool_row(src.data(), codes.data(), pw, p.c, p.ow, conv_grad.pixel(2 * r, 0), conv_grad.pixel(2 * r + 1, 0));
       }
-      image_input_grad(p, conv_grad.data(), taps.data(), out.data());
+      image_input_grad(p, conv_grad, taps.data(), out.data());
       store_from_opmath(out.data(), gi + image * p.h * p.w, p.h * p.w);
     }
   });
