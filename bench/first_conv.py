@@ -1,11 +1,13 @@
-"""The small CNN's first convolution in the early-exit PGD evaluation: the model as advprune builds it
-(FirstConv2d: with the weights frozen, as every attack runs, its input gradient comes from advprune's CPU kernel)
-against the same weights in an nn.Conv2d (oneDNN's input gradient), on one checkpoint and the first n test
-images, float32, both memory layouts; median seconds over rounds that run the two in turn after a warm-up, each
-round's ratio, and the robust accuracy of each.
+"""The small CNN's first layer in the attacks: the model as advprune builds it (FirstConv2d and MaxPool2x2: with
+the weights frozen, as every attack runs, the convolution and pooling run as one CPU kernel, forward and input
+gradient) against the same weights in an nn.Conv2d (oneDNN's convolution, then the pooling), in the early-exit
+PGD evaluation of one checkpoint on the first n test images, float32, both memory layouts; median seconds over
+rounds that run the two in turn after a warm-up, each round's ratio, and the robust accuracy of each. With
+--train, the Trainer's PGD-3 epoch (its defaults, the first train_n training images) with each first layer,
+in turn, from the checkpoint's weights.
 
     make run   # or any run folder of the small CNN on one-channel images
-    python bench/first_conv.py --checkpoint runs/main/last.pt [--n 500] [--steps 50] [--repeats 5]
+    python bench/first_conv.py --checkpoint runs/main/last.pt [--n 500] [--steps 50] [--repeats 5] [--train]
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 import torch
 from eval_pgd import interleaved_seconds  # bench/ is the script's folder: its first import path
 
+from advprune import AttackConfig, OptimConfig, RunConfig, Trainer
 from advprune.cli.common import tensors
 from advprune.cli.factory import checkpoint_model
+from advprune.data import from_arrays, make_loader
 from advprune.data.readers import read_dataset
 from advprune.evaluate import evaluate
 
@@ -31,6 +35,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train", action="store_true", help="also time the Trainer's PGD-3 epoch with each")
+    parser.add_argument("--train-n", type=int, default=5120)
     parser.add_argument("--out", default="bench/results/first_conv.json")
     args = parser.parse_args()
 
@@ -64,11 +70,49 @@ def main() -> None:
             f"ratio {row['ratio']:.2f} (rounds {', '.join(f'{r:.2f}' for r in row['round_ratios'])})   "
             f"robust {row['robust_acc']}"
         )
+    if args.train:
+        rows.append(train_row(models, meta, args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {"n": args.n, "steps": args.steps, "repeats": args.repeats, "threads": torch.get_num_threads()}
     out.write_text(json.dumps({"checkpoint": args.checkpoint, **config, "rows": rows}, indent=1))
     print(f"wrote {out}")
+
+
+def trainer_epoch(model: torch.nn.Module, eps: float, loader) -> float:
+    """One PGD-3 epoch of the Trainer with its defaults on a copy of the model; the trained weights' norm (the
+    same batches and noise for both layers: nearly the same weights)."""
+    trainer = Trainer(
+        copy.deepcopy(model).train(),
+        AttackConfig("pgd", eps=eps, step_size=eps / 4, steps=3),
+        epochs=1,
+        optim=OptimConfig(lr=0.05, schedule="constant"),
+        run=RunConfig(device="cpu", seed=0, quiet=True),
+    )
+    trainer.fit(loader)
+    return float(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]).norm())
+
+
+def train_row(models: dict, meta: dict, args: argparse.Namespace) -> dict:
+    """The Trainer's epoch with each first layer, in turn (the same batches and noise for both)."""
+    data = read_dataset(meta["dataset"], None, train=True)
+    train = from_arrays(data.images[: args.train_n].copy(), data.labels[: args.train_n].copy())
+    loader = make_loader(train, backend="memory", batch_size=128, channels_last=True, seed=0)
+    fns = {name: functools.partial(trainer_epoch, m, meta["eps"], loader) for name, m in models.items()}
+    medians, results, rounds = interleaved_seconds(fns, args.repeats)
+    row = {
+        "layout": "training epoch",
+        "seconds": medians,
+        "weight_norm": results,
+        "ratio": medians["advprune"] / medians["nn.Conv2d"],
+        "round_ratios": [r["advprune"] / r["nn.Conv2d"] for r in rounds],
+    }
+    print(
+        f"Trainer epoch  nn.Conv2d {medians['nn.Conv2d']:.2f} s   advprune {medians['advprune']:.2f} s   "
+        f"ratio {row['ratio']:.2f} (rounds {', '.join(f'{r:.2f}' for r in row['round_ratios'])})   "
+        f"weight norm {row['weight_norm']}"
+    )
+    return row
 
 
 if __name__ == "__main__":
