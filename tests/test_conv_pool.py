@@ -87,6 +87,12 @@ def test_input_gradient_equals_the_float64_reference(dtype, case):
     assert got.abs().min() < got.abs().max()
 
 
+def test_no_bias_is_a_zero_bias():
+    x, weight, _ = _operands(CASES[1], torch.float32, seed=11)
+    got, _ = FORWARD(x, weight, None, 0, 0)
+    assert_close_rel(got, F.max_pool2d(F.conv2d(x.double(), weight.double()), 2), 1e-5)
+
+
 def test_a_nan_input_pixel_wins_every_window_it_reaches():
     x, weight, bias = _operands(CASES[0], torch.float32, seed=3)
     x[1, 0, 10, 20] = float("nan")

@@ -187,9 +187,9 @@ namespace {
 void check_one_channel_weight(const char* op, const at::Tensor& weight, int64_t channels, const char* like_name,
                               const at::Tensor& like, int64_t pad_h, int64_t pad_w) {
   check_float_tensor(op, "weight", weight);
+  const std::string wanted_c = channels < 0 ? "" : " with " + std::string(like_name) + "'s C = " + text(channels);
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == 1 && (channels < 0 || weight.size(0) == channels), op,
-                    ": weight must be [C, 1, KH, KW]", channels < 0 ? "" : " with " + std::string(like_name) + "'s C = ",
-                    channels < 0 ? "" : text(channels), ", got shape ", text(weight.sizes()));
+                    ": weight must be [C, 1, KH, KW]", wanted_c, ", got shape ", text(weight.sizes()));
   TORCH_CHECK_TYPE(weight.scalar_type() == like.scalar_type(), op, ": weight has dtype ",
                    dtype_name(weight.scalar_type()), " but ", like_name, " has dtype ", dtype_name(like.scalar_type()),
                    "; they must match");

@@ -229,7 +229,7 @@ void conv_pool_kernel(const at::Tensor& x, const at::Tensor& weight, const std::
   using A = at::opmath_type<scalar_t>;
   const std::vector<A> taps = opmath_taps<scalar_t>(weight, /*channels_last=*/true);
   std::vector<A> bias_values(p.c, A(0));
-  if (bias.has_value()) {
+  if (bias.has_value() && bias->defined()) {
     const at::Tensor b = bias->to(c10::CppTypeToScalarType<A>::value).contiguous();
     std::copy(b.const_data_ptr<A>(), b.const_data_ptr<A>() + p.c, bias_values.begin());
   }
