@@ -12,6 +12,17 @@ _NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA devi
 DEVICES = ["cpu", pytest.param("cuda", marks=_NO_GPU)]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
+# One-channel convolutions (N, C, H, W, KH, KW, padding) for the first layer's kernels: the small CNN's layer, a
+# channel count off the vector width, odd outputs (an unpooled last row and column), uneven kernels and
+# paddings, a 1x1 kernel, and a padding larger than the kernel (the input then is smaller than the output)
+ONE_CHANNEL_CONV_CASES = [
+    (5, 32, 28, 28, 3, 3, (1, 1)),
+    (3, 13, 7, 9, 3, 3, (0, 0)),
+    (2, 3, 6, 5, 5, 3, (2, 1)),
+    (4, 9, 4, 4, 1, 1, (0, 0)),
+    (2, 17, 3, 5, 3, 3, (2, 3)),
+]
+
 
 def tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance of a kernel against the float64 reference: 1e-6 for float32,

@@ -10,19 +10,11 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from advprune import attacks, models, ops
-from tests.helpers import FLOAT_DTYPES, assert_close_rel, poison_allocator, tolerance
+from tests.helpers import FLOAT_DTYPES, ONE_CHANNEL_CONV_CASES, assert_close_rel, poison_allocator, tolerance
 
 pytestmark = pytest.mark.skipif(not ops.extension_loaded(), reason="the compiled kernels are not loaded")
 
-# (N, C, H, W, KH, KW, padding): the small CNN's layer, a channel count off the vector width, uneven kernels
-# and paddings, and a padding as large as the kernel (the input then is smaller than the output)
-CASES = [
-    (5, 32, 28, 28, 3, 3, (1, 1)),
-    (3, 13, 7, 9, 3, 3, (0, 0)),
-    (2, 3, 6, 5, 5, 3, (2, 1)),
-    (4, 9, 4, 4, 1, 1, (0, 0)),
-    (2, 17, 3, 5, 3, 3, (2, 3)),
-]
+CASES = ONE_CHANNEL_CONV_CASES
 
 
 def _operands(case, dtype, seed, memory_format=torch.channels_last):
