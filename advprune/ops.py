@@ -271,8 +271,8 @@ def one_channel_conv_max_pool2x2(
     at batch 250) ever leaving the cache: the same values and gradients to rounding (a window's winner may
     differ where two of its values are within rounding), autocast and double backward as through the two ops.
     Anything else is the two ops in turn."""
-    channels_last = weight.dim() == 4 and (weight.stride(1) == 1 or x.stride(1) == 1)  # conv2d's output layout
-    if not (channels_last and _frozen_one_channel_cpu(x, weight, bias)):
+    fused = _frozen_one_channel_cpu(x, weight, bias) and (weight.stride(1) == 1 or x.stride(1) == 1)
+    if not fused:  # (the stride test: conv2d's output would be channels_last, as the kernel's is)
         return max_pool2x2(one_channel_conv2d(x, weight, bias, padding))
     x, weight, bias = _autocast_operands(x, weight, bias)
     with torch.autocast("cpu", enabled=False):
