@@ -4,6 +4,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdio>
+#include <optional>
 #include <tuple>
 
 #include "check.h"
@@ -79,6 +80,41 @@ void test_max_pool2x2() {
   CHECK(max_abs_diff(grad_in, expected.to(at::kFloat)) == 0);
 }
 
+// conv2d's input gradient (stride 1) through ATen.
+at::Tensor conv_input_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, int64_t pad) {
+  return std::get<0>(at::convolution_backward(grad, x, weight, std::nullopt, {1, 1}, {pad, pad}, {1, 1}, false,
+                                              {0, 0}, 1, {true, false, false}));
+}
+
+void test_one_channel_conv() {
+  using Pooled = std::tuple<at::Tensor, at::Tensor>;
+  auto& dispatcher = c10::Dispatcher::singleton();
+  auto input_grad = dispatcher.findSchemaOrThrow("advprune::one_channel_conv_input_grad", "")
+                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>();
+  auto fused = dispatcher.findSchemaOrThrow("advprune::one_channel_conv_max_pool2x2", "")
+                   .typed<Pooled(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
+                                 int64_t)>();
+  auto fused_grad =
+      dispatcher.findSchemaOrThrow("advprune::one_channel_conv_max_pool2x2_input_grad", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t,
+                            int64_t)>();
+  const at::Tensor x = at::randn({3, 1, 9, 8}), weight = at::randn({5, 1, 3, 3}), bias = at::randn({5});
+  for (auto format : {at::MemoryFormat::ChannelsLast, at::MemoryFormat::Contiguous}) {
+    const at::Tensor grad = at::randn({3, 5, 9, 8}).contiguous(format);
+    CHECK(max_abs_diff(input_grad.call(grad, weight, 1, 1), conv_input_grad(grad, x, weight, 1)) < 1e-5);
+  }
+  // the convolution and pooling in one, against max_pool2d(conv2d) and its backward (random data: no ties)
+  const at::Tensor conv = at::conv2d(x, weight, bias, {1, 1}, {1, 1});
+  const auto [pooled, indices] = at::max_pool2d_with_indices(conv, {2, 2});
+  const auto [out, argmax] = fused.call(x, weight, bias, 1, 1);
+  CHECK(max_abs_diff(out, pooled) < 1e-5);
+  const at::Tensor grad = at::randn(out.sizes());
+  const at::Tensor conv_grad =
+      at::max_pool2d_with_indices_backward(grad, conv, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false, indices);
+  const at::Tensor want = conv_input_grad(conv_grad, x, weight, 1);
+  CHECK(max_abs_diff(fused_grad.call(grad, argmax, weight, 1, 1, 9, 8), want) < 1e-5);
+}
+
 void test_errors_name_what_was_received() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("advprune::sample_scores", "")
@@ -100,6 +136,7 @@ int main() {
   test_sample_scores();
   test_kl_rows();
   test_max_pool2x2();
+  test_one_channel_conv();
   test_errors_name_what_was_received();
   if (advprune::testing::failures() == 0) std::printf("test_ops: all checks passed\n");
   return advprune::testing::failures() == 0 ? 0 : 1;
