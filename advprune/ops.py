@@ -263,20 +263,25 @@ def one_channel_conv2d(
 
 
 def one_channel_conv_max_pool2x2(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: tuple[int, int] = (0, 0)
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    padding: tuple[int, int] = (0, 0),
+    relu: bool = False,
 ) -> torch.Tensor:
-    """max_pool2x2(one_channel_conv2d(x, weight, bias, padding)): the small CNN's first convolution and pooling.
+    """max_pool2x2(one_channel_conv2d(x, weight, bias, padding)), then ReLU if relu: the small CNN's first block.
     With the weights frozen and a channels_last convolution (channels_last weights, as advprune's models have)
-    on the CPU, one kernel computes both, and one their input gradient, without the convolution's output (25 MB
+    on the CPU, one kernel computes all, and one their input gradient, without the convolution's output (25 MB
     at batch 250) ever leaving the cache: the same values and gradients to rounding (a window's winner may
-    differ where two of its values are within rounding), autocast and double backward as through the two ops.
-    Anything else is the two ops in turn."""
+    differ where two of its values are within rounding), autocast and double backward as through the ops in
+    turn. Anything else is the ops in turn (the ReLU in place)."""
     fused = _frozen_one_channel_cpu(x, weight, bias) and (weight.stride(1) == 1 or x.stride(1) == 1)
     if not fused:  # (the stride test: conv2d's output would be channels_last, as the kernel's is)
-        return max_pool2x2(one_channel_conv2d(x, weight, bias, padding))
+        out = max_pool2x2(one_channel_conv2d(x, weight, bias, padding))
+        return torch.relu_(out) if relu else out
     x, weight, bias = _autocast_operands(x, weight, bias)
     with torch.autocast("cpu", enabled=False):
-        return _FrozenOneChannelConvPool.apply(x, weight, bias, tuple(padding))
+        return _FrozenOneChannelConvPool.apply(x, weight, bias, tuple(padding), relu)
 
 
 class _FrozenOneChannelConv2d(torch.autograd.Function):
@@ -305,12 +310,13 @@ def _conv_input_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
 
 
 class _FrozenOneChannelConvPool(torch.autograd.Function):
-    """The fused convolution and pooling with frozen weights: saves the byte-sized window positions; the input
-    gradient from the compiled kernel (under create_graph: the pooling's differentiable backward, then aten's)."""
+    """The fused convolution, pooling and ReLU with frozen weights: saves the byte-sized window positions (4 where
+    the ReLU passes no gradient); the input gradient from the compiled kernel (under create_graph: the pooling's
+    differentiable backward, then aten's)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding):
-        out, argmax = torch.ops.advprune.one_channel_conv_max_pool2x2(x, weight, bias, *padding)
+    def forward(ctx, x, weight, bias, padding, relu):
+        out, argmax = torch.ops.advprune.one_channel_conv_max_pool2x2(x, weight, bias, *padding, relu)
         ctx.save_for_backward(x, weight, argmax)
         ctx.padding = padding
         return out
@@ -323,11 +329,12 @@ class _FrozenOneChannelConvPool(torch.autograd.Function):
             grad_x = torch.ops.advprune.one_channel_conv_max_pool2x2_input_grad(
                 grad, argmax, weight, *ctx.padding, height, width
             )
-            return grad_x, None, None, None
+            return grad_x, None, None, None, None
         (pad_h, pad_w), (kh, kw) = ctx.padding, weight.shape[2:]
         conv_size = (height + 2 * pad_h - kh + 1, width + 2 * pad_w - kw + 1)
-        conv_grad = _MaxPool2x2Backward.apply(grad, argmax, conv_size)
-        return _conv_input_grad(conv_grad, x, weight, ctx.padding), None, None, None
+        passed = argmax < 4  # where the ReLU (if any) passes the gradient
+        conv_grad = _MaxPool2x2Backward.apply(grad * passed, argmax.clamp(max=3), conv_size)
+        return _conv_input_grad(conv_grad, x, weight, ctx.padding), None, None, None, None
 
 
 # ------------------------------------------------- fake kernels and autograd
@@ -385,7 +392,7 @@ if _EXT:
         return grad.new_empty((n, 1, height, width))
 
     @torch.library.register_fake("advprune::one_channel_conv_max_pool2x2")
-    def _one_channel_conv_max_pool2x2_fake(x, weight, bias, pad_h, pad_w):
+    def _one_channel_conv_max_pool2x2_fake(x, weight, bias, pad_h, pad_w, relu=False):
         n, _, height, width = x.shape
         out_h, out_w = height + 2 * pad_h - weight.shape[2] + 1, width + 2 * pad_w - weight.shape[3] + 1
         shape = (n, weight.shape[0], out_h // 2, out_w // 2)

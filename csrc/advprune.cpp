@@ -40,11 +40,11 @@ TORCH_LIBRARY(advprune, m) {
   // [C, 1, KH, KW], padding)): grad [N, C, OH, OW] in, [N, 1, H, W] out. CPU only.
   m.def("one_channel_conv_input_grad(Tensor grad, Tensor weight, int pad_h, int pad_w) -> Tensor");
   // The small CNN's first convolution and pooling with frozen weights, in one pass: max_pool2x2(conv2d(x [N, 1,
-  // H, W], weight [C, 1, KH, KW], bias, padding)) and its window positions, and the input gradient of a pooled
-  // gradient through both. CPU only.
+  // H, W], weight [C, 1, KH, KW], bias, padding)), then ReLU where relu is set, and its window positions (4
+  // where ReLU passes no gradient), and the input gradient of a pooled gradient through all. CPU only.
   m.def(
-      "one_channel_conv_max_pool2x2(Tensor x, Tensor weight, Tensor? bias, int pad_h, int pad_w) -> (Tensor out, "
-      "Tensor argmax)");
+      "one_channel_conv_max_pool2x2(Tensor x, Tensor weight, Tensor? bias, int pad_h, int pad_w, bool relu=False) "
+      "-> (Tensor out, Tensor argmax)");
   m.def(
       "one_channel_conv_max_pool2x2_input_grad(Tensor grad, Tensor argmax, Tensor weight, int pad_h, int pad_w, "
       "int height, int width) -> Tensor");

@@ -38,34 +38,40 @@ def _codes(indices: torch.Tensor, width: int) -> torch.Tensor:
     return (indices // width % 2) * 2 + indices % width % 2
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("case", CASES)
-def test_forward_equals_the_float64_reference(dtype, case):
+def test_forward_equals_the_float64_reference(dtype, case, relu):
     x, weight, bias = _operands(case, dtype, seed=sum(case[:6]))
     padding = case[6]
     conv = _conv64(x, weight, bias, padding, dtype)
-    want, indices = F.max_pool2d(conv, 2, return_indices=True)
+    pooled, indices = F.max_pool2d(conv, 2, return_indices=True)
+    codes = _codes(indices, conv.shape[3])
+    want, codes = (pooled.relu(), codes.where(pooled > 0, 4)) if relu else (pooled, codes)  # 4: no gradient
     poison_allocator(tuple(want.shape), device="cpu", dtype=dtype)
-    got, argmax = FORWARD(x, weight, bias, *padding)
+    got, argmax = FORWARD(x, weight, bias, *padding, relu)
     assert got.dtype == dtype and got.shape == want.shape and argmax.dtype == torch.uint8
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert_close_rel(got, want, max(tolerance(dtype), 1e-5))
-    agree = (argmax.long() == _codes(indices, conv.shape[3])).double().mean()
+    agree = (argmax.long() == codes).double().mean()
     # a winner may differ where two values of a window round alike (often in 16 bits), never in 64 or 32
     assert agree == 1.0 if dtype in (torch.float32, torch.float64) else agree > 0.97
     assert got.abs().min() < got.abs().max()
+    assert not relu or (0 < (argmax == 4).double().mean() < 1)  # ReLU zeroed some windows, not all
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("case", CASES)
-def test_input_gradient_equals_the_float64_reference(dtype, case):
+def test_input_gradient_equals_the_float64_reference(dtype, case, relu):
     x, weight, bias = _operands(case, dtype, seed=7 + sum(case[:6]))
     padding = case[6]
-    _, argmax = FORWARD(x, weight, bias, *padding)
+    _, argmax = FORWARD(x, weight, bias, *padding, relu)
     grad = torch.randn(argmax.shape, dtype=torch.float64).to(dtype).contiguous(memory_format=torch.channels_last)
     poison_allocator(tuple(x.shape), device="cpu", dtype=dtype)
     got = INPUT_GRAD(grad, argmax, weight, *padding, *x.shape[2:])
-    # the reference: each pooled gradient to its window's winner (the kernel's own), then conv2d's input gradient
+    # the reference: each pooled gradient to its window's winner (the kernel's own; none for code 4: ReLU zeroed
+    # the window), then conv2d's input gradient
     conv_size = (x.shape[2] + 2 * padding[0] - case[4] + 1, x.shape[3] + 2 * padding[1] - case[5] + 1)
     conv_grad = torch.zeros(argmax.shape[0], argmax.shape[1], *conv_size, dtype=torch.float64)
     code = argmax.long()
@@ -85,12 +91,15 @@ def test_no_bias_is_a_zero_bias():
     assert_close_rel(got, F.max_pool2d(F.conv2d(x.double(), weight.double()), 2), 1e-5)
 
 
-def test_a_nan_input_pixel_wins_every_window_it_reaches():
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_nan_input_pixel_wins_every_window_it_reaches(relu):
     x, weight, bias = _operands(CASES[0], torch.float32, seed=3)
     x[1, 0, 10, 20] = float("nan")
-    got, _ = FORWARD(x, weight, bias, 1, 1)
+    got, argmax = FORWARD(x, weight, bias, 1, 1, relu)
     want = F.max_pool2d(F.conv2d(x, weight, bias, padding=1), 2)
+    want = F.relu(want) if relu else want
     assert torch.equal(got.isnan(), want.isnan()) and int(got.isnan().sum()) == 4 * 32  # 3x3 taps: 2x2 windows
+    assert not relu or bool((argmax[got.isnan()] == 4).all())  # ReLU's backward passes nothing at a NaN
     assert_close_rel(got.nan_to_num(), want.nan_to_num(), 1e-5)
 
 
@@ -108,10 +117,16 @@ def _value_and_grad(fn, x, seed=0):
     return out, torch.autograd.grad(out, leaf, grad)[0]
 
 
-def test_values_and_input_gradient_match_the_two_ops():
+@pytest.mark.parametrize("relu", [False, True])
+def test_values_and_input_gradient_match_the_ops_in_turn(relu):
     x, weight, bias = _frozen(1)
-    ours = _value_and_grad(lambda t: ops.one_channel_conv_max_pool2x2(t, weight, bias, (1, 1)), x)
-    theirs = _value_and_grad(lambda t: F.max_pool2d(F.conv2d(t, weight, bias, padding=1), 2), x)
+
+    def in_turn(t):
+        out = F.max_pool2d(F.conv2d(t, weight, bias, padding=1), 2)
+        return F.relu(out) if relu else out
+
+    ours = _value_and_grad(lambda t: ops.one_channel_conv_max_pool2x2(t, weight, bias, (1, 1), relu=relu), x)
+    theirs = _value_and_grad(in_turn, x)
     assert "FrozenOneChannelConvPool" in type(ours[0].grad_fn).__name__
     for got, want in zip(ours, theirs, strict=True):
         assert_close_rel(got, want, 1e-5)
@@ -152,12 +167,14 @@ def test_gradcheck_and_double_backward():
     weight = torch.randn(3, 1, 3, 3, generator=gen, dtype=torch.float64).to(memory_format=torch.channels_last)
     bias = torch.randn(3, generator=gen, dtype=torch.float64)
 
-    def block(t):
-        return ops.one_channel_conv_max_pool2x2(t, weight, bias, (1, 1)).square()  # nonlinear: a second derivative
+    for relu in (False, True):
 
-    assert "FrozenOneChannelConvPool" in type(block(x.requires_grad_()).grad_fn.next_functions[0][0]).__name__
-    assert torch.autograd.gradcheck(block, (x,))
-    assert torch.autograd.gradgradcheck(block, (x,))
+        def block(t, relu=relu):  # nonlinear: a second derivative
+            return ops.one_channel_conv_max_pool2x2(t, weight, bias, (1, 1), relu=relu).square()
+
+        assert "FrozenOneChannelConvPool" in type(block(x.requires_grad_()).grad_fn.next_functions[0][0]).__name__
+        assert torch.autograd.gradcheck(block, (x,))
+        assert torch.autograd.gradgradcheck(block, (x,))
 
 
 def test_the_kernels_refuse_bad_operands_naming_them():
@@ -185,6 +202,7 @@ def test_the_kernels_refuse_bad_operands_naming_them():
 def test_opcheck_and_compile():
     x, weight, bias = _frozen(6)
     torch.library.opcheck(FORWARD.default, (x, weight, bias, 1, 1))
+    torch.library.opcheck(FORWARD.default, (x, weight, bias, 1, 1, True))
     _, argmax = FORWARD(x, weight, bias, 1, 1)
     grad = torch.randn(argmax.shape).contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(INPUT_GRAD.default, (grad, argmax, weight, 1, 1, 12, 10))

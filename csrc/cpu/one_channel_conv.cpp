@@ -194,12 +194,16 @@ inline Vec<at::opmath_type<scalar_t>> round_like(const Vec<at::opmath_type<scala
   }
 }
 
+// The code of a window whose output ReLU zeroed: it matches no window position, so no gradient flows back.
+constexpr int kReluZeroed = 4;
+
 // One pooled row of one image (channels_last, opmath): for each pooled pixel and chunk of channels, the four
 // convolution outputs of its window (bias plus each tap's weights, taps in [KH, KW, C], times the input pixel
-// under it in the zero-padded input plane), rounded to scalar_t, then their maximum and its window position.
+// under it in the zero-padded input plane), rounded to scalar_t, then their maximum and its window position;
+// with relu, the maximum's ReLU (NaN stays NaN) and kReluZeroed where it is not positive (as ReLU's backward).
 template <typename scalar_t, typename A = at::opmath_type<scalar_t>>
 void conv_pool_row(const ConvGeometry& p, const A* padded, int64_t padded_w, const A* taps, const A* bias,
-                   int64_t pooled_row, A* out, A* codes) {
+                   bool relu, int64_t pooled_row, A* out, A* codes) {
   using V = Vec<A>;
   for_each_pixel_chunk(p.ow / 2, p.c, V::size(), [&](int64_t j, int64_t ch, int64_t count) {
     const V b0 = V::loadu(bias + ch, count);
@@ -218,6 +222,11 @@ void conv_pool_row(const ConvGeometry& p, const A* padded, int64_t padded_w, con
     for (V& v : conv) v = round_like<scalar_t>(v);
     V m, code;
     window_max(conv, m, code);
+    if (relu) {
+      const V zero(A(0));
+      code = V::blendv(V(A(kReluZeroed)), code, m > zero);
+      m = V::blendv(m, zero, m <= zero);
+    }
     m.store(out + j * p.c + ch, count);
     code.store(codes + j * p.c + ch, count);
   });
@@ -225,7 +234,7 @@ void conv_pool_row(const ConvGeometry& p, const A* padded, int64_t padded_w, con
 
 template <typename scalar_t>
 void conv_pool_kernel(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      const ConvGeometry& p, const at::Tensor& out, const at::Tensor& argmax) {
+                      bool relu, const ConvGeometry& p, const at::Tensor& out, const at::Tensor& argmax) {
   using A = at::opmath_type<scalar_t>;
   const std::vector<A> taps = opmath_taps<scalar_t>(weight, /*channels_last=*/true);
   std::vector<A> bias_values(p.c, A(0));
@@ -245,8 +254,8 @@ void conv_pool_kernel(const at::Tensor& x, const at::Tensor& weight, const std::
         at::vec::convert(in + (image * p.h + i) * p.w, padded.data() + (i + p.pad_h) * padded_w + p.pad_w, p.w);
       }
       for (int64_t r = 0; r < ph; ++r) {
-        conv_pool_row<scalar_t>(p, padded.data(), padded_w, taps.data(), bias_values.data(), r, pooled.data(),
-                                codes.data());
+        conv_pool_row<scalar_t>(p, padded.data(), padded_w, taps.data(), bias_values.data(), relu, r,
+                                pooled.data(), codes.data());
         const int64_t at = (image * ph + r) * row_out;
         store_from_opmath(pooled.data(), o + at, row_out);  // exact: each value is a rounded convolution's
         cast_codes(codes.data(), k + at, row_out);
@@ -284,7 +293,7 @@ void conv_pool_input_grad_kernel(const at::Tensor& grad, const at::Tensor& argma
 
 std::tuple<at::Tensor, at::Tensor> one_channel_conv_max_pool2x2_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                                     const std::optional<at::Tensor>& bias,
-                                                                    int64_t pad_h, int64_t pad_w) {
+                                                                    int64_t pad_h, int64_t pad_w, bool relu) {
   check_one_channel_conv_max_pool2x2(x, weight, bias, pad_h, pad_w, c10::kCPU);
   const at::Tensor input = x.contiguous();  // one channel: [N, H, W] in memory, either layout
   const ConvGeometry p(x.size(0), x.size(2), x.size(3), weight, pad_h, pad_w);
@@ -293,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor> one_channel_conv_max_pool2x2_cpu(const at::Te
   at::Tensor out = at::empty(shape, options), argmax = at::empty(shape, options.dtype(at::kByte));
   if (out.numel() == 0) return {out, argmax};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "one_channel_conv_max_pool2x2",
-                                  [&] { conv_pool_kernel<scalar_t>(input, weight, bias, p, out, argmax); });
+                                  [&] { conv_pool_kernel<scalar_t>(input, weight, bias, relu, p, out, argmax); });
   return {out, argmax};
 }
 

@@ -93,7 +93,7 @@ void test_one_channel_conv() {
                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>();
   auto fused = dispatcher.findSchemaOrThrow("advprune::one_channel_conv_max_pool2x2", "")
                    .typed<Pooled(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
-                                 int64_t)>();
+                                 int64_t, bool)>();
   auto fused_grad =
       dispatcher.findSchemaOrThrow("advprune::one_channel_conv_max_pool2x2_input_grad", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t,
@@ -106,13 +106,20 @@ void test_one_channel_conv() {
   // the convolution and pooling in one, against max_pool2d(conv2d) and its backward (random data: no ties)
   const at::Tensor conv = at::conv2d(x, weight, bias, {1, 1}, {1, 1});
   const auto [pooled, indices] = at::max_pool2d_with_indices(conv, {2, 2});
-  const auto [out, argmax] = fused.call(x, weight, bias, 1, 1);
+  const auto [out, argmax] = fused.call(x, weight, bias, 1, 1, false);
   CHECK(max_abs_diff(out, pooled) < 1e-5);
   const at::Tensor grad = at::randn(out.sizes());
   const at::Tensor conv_grad =
       at::max_pool2d_with_indices_backward(grad, conv, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false, indices);
   const at::Tensor want = conv_input_grad(conv_grad, x, weight, 1);
   CHECK(max_abs_diff(fused_grad.call(grad, argmax, weight, 1, 1, 9, 8), want) < 1e-5);
+  // with the ReLU after the pooling: its values, and no gradient where it is not positive
+  const auto [rectified, codes] = fused.call(x, weight, bias, 1, 1, true);
+  CHECK(max_abs_diff(rectified, at::relu(pooled)) < 1e-5);
+  const at::Tensor want_relu = conv_input_grad(
+      at::max_pool2d_with_indices_backward(grad * (pooled > 0), conv, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false, indices),
+      x, weight, 1);
+  CHECK(max_abs_diff(fused_grad.call(grad, codes, weight, 1, 1, 9, 8), want_relu) < 1e-5);
 }
 
 void test_errors_name_what_was_received() {
