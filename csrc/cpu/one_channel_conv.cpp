@@ -1,10 +1,14 @@
-// CPU kernel of advprune::one_channel_conv_input_grad: the input gradient of a stride-1 convolution of a
-// one-channel batch (the small CNN's first layer on Fashion-MNIST), which every attack step needs.
+// CPU kernels of the small CNN's first layer on one-channel images (Fashion-MNIST), which every attack step
+// runs with frozen weights.
+// advprune::one_channel_conv_input_grad: the input gradient of a stride-1 convolution of a one-channel batch.
 // oneDNN's backward-data kernel spends 6-20 ms on it at 175x32x28x28 float32 on an AVX2 core, against
 // 1.5 ms for the forward: it reduces 32 channels into 1 through a path made for many. Here, for a
-// channels_last gradient, each input pixel is one dot product over its taps' channel vectors (contiguous), in
-// vector chunks; for a contiguous (NCHW) one, each channel's plane is added, shifted and weighted, once per tap
-// onto the image's input gradient, a row at a time (plane and result stay in L1), so no layout copy is needed.
+// channels_last gradient, each input pixel is one dot product over its taps' channel vectors (contiguous, read
+// from a zero-padded copy of the image's gradient), four pixels at a time; for a contiguous (NCHW) one, each
+// channel's plane is added, shifted and weighted, once per tap onto the image's input gradient, a row at a time
+// (plane and result stay in L1), so no layout copy is needed.
+// advprune::one_channel_conv_max_pool2x2 and its input gradient: the convolution, 2x2 max pooling and
+// (optionally) ReLU in one pass, image by image, so that the convolution's output never leaves the cache.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
