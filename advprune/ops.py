@@ -211,9 +211,10 @@ class _MaxPool2x2(torch.autograd.Function):
 
 
 class _MaxPool2x2Backward(torch.autograd.Function):
-    """The pooling's backward (each output gradient to its window's winner, 0 elsewhere), itself
-    differentiable for double backward (gradient penalties): linear in grad, so its own backward takes
-    each window's winner from the incoming gradient."""
+    """The pooling's backward (each output gradient to its window's winner, 0 elsewhere; nothing for a window
+    position of 4, where the fused first block's ReLU passes no gradient), itself differentiable for double
+    backward (gradient penalties): linear in grad, so its own backward takes each window's winner from the
+    incoming gradient."""
 
     @staticmethod
     def forward(ctx, grad: torch.Tensor, argmax: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
@@ -225,7 +226,8 @@ class _MaxPool2x2Backward(torch.autograd.Function):
         (argmax,) = ctx.saved_tensors
         n, c, oh, ow = argmax.shape
         windows = grad_grad_in[:, :, : 2 * oh, : 2 * ow].reshape(n, c, oh, 2, ow, 2).transpose(3, 4)
-        winners = windows.reshape(n, c, oh, ow, 4).gather(-1, argmax.long().unsqueeze(-1)).squeeze(-1)
+        positions = torch.nn.functional.pad(windows.reshape(n, c, oh, ow, 4), (0, 1))  # position 4: zero
+        winners = positions.gather(-1, argmax.long().unsqueeze(-1)).squeeze(-1)
         return winners, None, None
 
 
@@ -332,8 +334,7 @@ class _FrozenOneChannelConvPool(torch.autograd.Function):
             return grad_x, None, None, None, None
         (pad_h, pad_w), (kh, kw) = ctx.padding, weight.shape[2:]
         conv_size = (height + 2 * pad_h - kh + 1, width + 2 * pad_w - kw + 1)
-        passed = argmax < 4  # where the ReLU (if any) passes the gradient
-        conv_grad = _MaxPool2x2Backward.apply(grad * passed, argmax.clamp(max=3), conv_size)
+        conv_grad = _MaxPool2x2Backward.apply(grad, argmax, conv_size)
         return _conv_input_grad(conv_grad, x, weight, ctx.padding), None, None, None, None
 
 

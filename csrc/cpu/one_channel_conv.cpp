@@ -52,16 +52,17 @@ std::vector<at::opmath_type<scalar_t>> opmath_taps(const at::Tensor& weight, boo
   return {data, data + w.numel()};
 }
 
-// Scratch for a channels_last gradient: one image's gradient pixels in opmath, zero-padded so that every input
-// pixel reads all KH x KW taps with no edge cases (gradient pixel (r, col) at (r + KH - 1, col + KW - 1)).
+// Scratch for one image's gradient in opmath, `channels` values a pixel (all of them for a channels_last
+// gradient, one for a plane of a contiguous one), zero-padded so that every input pixel reads all KH x KW taps
+// with no edge cases: gradient pixel (r, col) at (r + KH - 1, col + KW - 1), for input columns up to `width`.
 template <typename A>
 struct PaddedPixels {
   int64_t c, kh, kw, cols;
   std::vector<A> data;
 
-  explicit PaddedPixels(const ConvGeometry& p)
-      : c(p.c), kh(p.kh), kw(p.kw), cols(p.w + 2 * (p.pad_w + p.kw - 1)),
-        data((p.h + 2 * (p.pad_h + p.kh - 1)) * cols * p.c, A(0)) {}
+  PaddedPixels(const ConvGeometry& p, int64_t channels, int64_t width)
+      : c(channels), kh(p.kh), kw(p.kw), cols(width + 2 * (p.pad_w + p.kw - 1)),
+        data((p.h + 2 * (p.pad_h + p.kh - 1)) * cols * channels, A(0)) {}
 
   // The first channel of gradient pixel (r, col); r and col may reach KH - 1 and KW - 1 outside the gradient.
   A* pixel(int64_t r, int64_t col) { return data.data() + ((r + kh - 1) * cols + col + kw - 1) * c; }
@@ -99,18 +100,16 @@ void image_input_grad(const ConvGeometry& p, PaddedPixels<A>& g, const A* taps, 
   }
 }
 
-// Scratch for a contiguous gradient: one channel's plane, zero-padded so that every tap reads whole vectors with
-// no edge cases (gradient pixel (r, col) at (r + KH - 1, col + KW - 1)), and the image's input gradient in rows
-// rounded up to whole vectors (the columns past W are computed and dropped).
+// Scratch for a contiguous gradient: one channel's plane, padded (every tap reads whole vectors), and the
+// image's input gradient in rows rounded up to whole vectors (the columns past W are computed and dropped).
 template <typename A>
 struct PaddedPlanes {
-  int64_t width, cols;
-  std::vector<A> plane, out;
+  int64_t width;
+  PaddedPixels<A> plane;
+  std::vector<A> out;
 
   explicit PaddedPlanes(const ConvGeometry& p)
-      : width((p.w + Vec<A>::size() - 1) / Vec<A>::size() * Vec<A>::size()),
-        cols(width + 2 * (p.pad_w + p.kw - 1)),
-        plane((p.h + 2 * (p.pad_h + p.kh - 1)) * cols, A(0)),
+      : width((p.w + Vec<A>::size() - 1) / Vec<A>::size() * Vec<A>::size()), plane(p, 1, width),
         out(p.h * width) {}
 };
 
@@ -122,16 +121,13 @@ void image_input_grad_planar(const ConvGeometry& p, const scalar_t* g, const A* 
   constexpr int64_t W = Vec<A>::size();
   std::fill(s.out.begin(), s.out.end(), A(0));
   for (int64_t ch = 0; ch < p.c; ++ch) {
-    for (int64_t r = 0; r < p.oh; ++r) {
-      at::vec::convert(g + (ch * p.oh + r) * p.ow, s.plane.data() + (r + p.kh - 1) * s.cols + p.kw - 1, p.ow);
-    }
+    for (int64_t r = 0; r < p.oh; ++r) at::vec::convert(g + (ch * p.oh + r) * p.ow, s.plane.pixel(r, 0), p.ow);
     const A* w = taps + ch * p.kh * p.kw;
     for (int64_t i = 0; i < p.h; ++i) {
       for (int64_t j = 0; j < s.width; j += W) {
         Vec<A> acc = Vec<A>::loadu(s.out.data() + i * s.width + j);
         for (int64_t a = 0; a < p.kh; ++a) {
-          // input (i, j) reads gradient (i + pad_h - a, j + pad_w - b): padded (i + pad_h + KH-1 - a, ... - b)
-          const A* row = s.plane.data() + (i + p.pad_h + p.kh - 1 - a) * s.cols + j + p.pad_w + p.kw - 1;
+          const A* row = s.plane.pixel(i + p.pad_h - a, j + p.pad_w);  // input (i, j) reads column j + pad_w - b
           for (int64_t b = 0; b < p.kw; ++b) acc = at::vec::fmadd(Vec<A>(w[a * p.kw + b]), Vec<A>::loadu(row - b), acc);
         }
         acc.store(s.out.data() + i * s.width + j);
@@ -159,7 +155,7 @@ void input_grad_kernel(const at::Tensor& grad, const at::Tensor& weight, const C
       }
       return;
     }
-    PaddedPixels<A> padded(p);
+    PaddedPixels<A> padded(p, p.c, p.w);
     std::vector<A> out(image_out);
     for (int64_t image = begin; image < end; ++image) {
       for (int64_t r = 0; r < p.oh; ++r) {
@@ -276,11 +272,11 @@ void conv_pool_input_grad_kernel(const at::Tensor& grad, const at::Tensor& argma
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const uint8_t* k = argmax.const_data_ptr<uint8_t>();
   scalar_t* gi = grad_in.data_ptr<scalar_t>();
-  const int64_t ph = p.oh / 2, pw = p.ow / 2, row_out = pw * p.c, row_conv = p.ow * p.c;
-  const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(p.oh * row_conv, 1));
+  const int64_t ph = p.oh / 2, pw = p.ow / 2, row_out = pw * p.c;
+  const int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(p.oh * p.ow * p.c, 1));
   at::parallel_for(0, p.n, grain, [&](int64_t begin, int64_t end) {
     // the convolution's output gradient of one image: rows past 2 * ph are in no window and stay 0
-    PaddedPixels<A> conv_grad(p);
+    PaddedPixels<A> conv_grad(p, p.c, p.w);
     std::vector<A> src(row_out), codes(row_out), out(p.h * p.w);
     for (int64_t image = begin; image < end; ++image) {
       for (int64_t r = 0; r < ph; ++r) {

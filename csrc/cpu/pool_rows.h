@@ -16,7 +16,6 @@ inline void cast_codes(const From* from, To* to, int64_t n) {
   for (int64_t i = 0; i < n; ++i) to[i] = static_cast<To>(from[i]);
 }
 
-
 // f(j, ch, count) for each pooled pixel j < ow of a row and each chunk of at most `lanes` of its c channels.
 template <typename F>
 inline void for_each_pixel_chunk(int64_t ow, int64_t c, int64_t lanes, const F& f) {
@@ -56,7 +55,8 @@ void pool_row(const A* top, const A* bottom, int64_t ow, int64_t c, A* out, A* c
 }
 
 // The backward of pool_row: each pooled gradient to its window's winner in the two input rows, +0.0 at the
-// other positions (as max_pool2d's 0 + g); the columns past 2 * ow up to `width` are set to 0.
+// other positions (as max_pool2d's 0 + g); a code of no position (4: the fused first block's ReLU zeroed the
+// window) passes nothing. The columns past 2 * ow up to `width` are set to 0.
 template <typename A>
 void unpool_row(const A* grad, const A* codes, int64_t ow, int64_t c, int64_t width, A* top, A* bottom) {
   using V = Vec<A>;
