@@ -206,18 +206,24 @@ def pgd_robust(
     restarts: int = 1,
     loss: str = "ce",
     generator: Randomness = None,
+    correct: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Which samples PGD-`steps` cannot misclassify (a bool per sample), with early exit: a sample is
     broken, and leaves the batch, as soon as any iterate of any restart (its random start included)
     is misclassified, and a sample misclassified as it is counts as broken without an attack. So the
     attack spends its steps on the samples still robust only, and is at least as strong as judging
     the last iterate (attacks.pgd and torchattacks.PGD). Each restart attacks the samples no earlier
-    restart broke. The model is in eval mode while attacking; the caller's mode is restored."""
+    restart broke. The model is in eval mode while attacking; the caller's mode is restored.
+    correct: which samples the model (in eval mode) classifies right as they are, when the caller has
+    already computed that (a bool per sample; evaluate's clean count), so that it is not computed again."""
     _check_pgd_options("attacks.pgd_robust", x, y, loss, steps, restarts, eps, norm)
+    _check_correct(correct, y)
     x = x.detach()
     with attacking(model, "eval"):
-        with torch.no_grad():
-            robust = model(x).argmax(1) == y
+        if correct is None:
+            with torch.no_grad():
+                correct = model(x).argmax(1) == y
+        robust = correct.clone()
         for _ in range(restarts):
             todo = torch.nonzero(robust).squeeze(1)
             if len(todo) == 0:
@@ -228,6 +234,16 @@ def pgd_robust(
             if isinstance(generator, KeyedNoise):  # the next restart draws new noise
                 generator.draws = noise.draws
     return robust
+
+
+def _check_correct(correct: torch.Tensor | None, y: torch.Tensor) -> None:
+    if correct is None:
+        return
+    if not isinstance(correct, torch.Tensor) or correct.dtype != torch.bool or correct.shape != y.shape:
+        got = f"{correct.dtype} of shape {list(correct.shape)}" if isinstance(correct, torch.Tensor) else type(correct)
+        raise ValueError(f"attacks.pgd_robust: correct must be a bool per sample (shape {list(y.shape)}), got {got}")
+    if correct.device != y.device:
+        raise ValueError(f"attacks.pgd_robust: correct is on {correct.device} but y on {y.device}")
 
 
 def _broken_by_any_iterate(model, x, y, eps, step_size, steps, norm, loss, noise) -> torch.Tensor:

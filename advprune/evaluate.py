@@ -118,7 +118,8 @@ def _pgd_counts(model, x, y, attack, eps, step_size, steps, norm, restarts, batc
     for part in batches:
         xb, yb = x[part].to(device), y[part].to(device)
         with torch.no_grad():
-            clean += int((model(xb).argmax(1) == yb).sum())
+            correct = model(xb).argmax(1) == yb
+        clean += int(correct.sum())
         if attack == "pgd":
             flags = attacks.pgd_robust(
                 model,
@@ -130,6 +131,7 @@ def _pgd_counts(model, x, y, attack, eps, step_size, steps, norm, restarts, batc
                 norm=norm,
                 restarts=restarts,
                 generator=generator,
+                correct=correct,
             )
             robust += int(flags.sum())
     return clean, robust

@@ -74,6 +74,42 @@ def test_early_exit_judges_each_sample_as_the_full_batch_run(model64, restarts):
     assert counter.rows < (STEPS + 1) * restarts * len(y) * 0.9
 
 
+def test_early_exit_takes_the_callers_clean_verdicts(model64):
+    """Given which samples the model classifies right (as evaluate has them), the same flags without the
+    clean forward; a verdict the caller gives is used as it is (a sample called wrong is never attacked)."""
+    model, x, y = model64
+    ids, attack = torch.arange(len(y)), dict(eps=EPS, step_size=STEP, steps=STEPS)
+    expected = attacks.pgd_robust(model, x, y, **attack, generator=KeyedNoise(ids, 2, 0))
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    counter = RowCounter(model)
+    given = attacks.pgd_robust(counter, x, y, **attack, generator=KeyedNoise(ids, 2, 0), correct=correct)
+    assert torch.equal(given, expected) and int(expected.sum()) > 0
+    unaided = RowCounter(model)
+    attacks.pgd_robust(unaided, x, y, **attack, generator=KeyedNoise(ids, 2, 0))
+    assert counter.rows == unaided.rows - len(y)  # the one clean forward saved
+    called_wrong = correct.clone()
+    called_wrong[torch.nonzero(expected)[0]] = False
+    flags = attacks.pgd_robust(model, x, y, **attack, generator=KeyedNoise(ids, 2, 0), correct=called_wrong)
+    assert torch.equal(flags, expected & called_wrong)
+    assert torch.equal(correct, model(x).argmax(1) == y)  # the caller's tensor is not written
+
+
+@pytest.mark.parametrize(
+    "correct, match",
+    [
+        (lambda y: (y > 4).int(), "bool per sample"),
+        (lambda y: torch.ones(len(y) + 1, dtype=torch.bool), r"\(shape \[128\]\), got torch.bool of shape \[129\]"),
+        (lambda y: [True] * len(y), "list"),
+        (lambda y: torch.ones(len(y), dtype=torch.bool, device="meta"), "meta"),
+    ],
+)
+def test_early_exit_refuses_bad_clean_verdicts(model64, correct, match):
+    model, x, y = model64
+    with pytest.raises(ValueError, match=match):
+        attacks.pgd_robust(model, x, y, eps=EPS, step_size=STEP, steps=2, correct=correct(y))
+
+
 def test_early_exit_is_at_least_as_strong_as_the_last_iterate(model64):
     """Over five random starts (one start's count of such samples is small and moves with the thread count's
     rounding: none at all in one run pinned to one core)."""
