@@ -19,6 +19,7 @@ from advprune._types import SampleScores
 __all__ = [
     "SampleScores",
     "build_info",
+    "conv_max_pool2x2",
     "extension_loaded",
     "kl_rows",
     "max_pool2x2",
@@ -286,6 +287,59 @@ def one_channel_conv_max_pool2x2(
         return _FrozenOneChannelConvPool.apply(x, weight, bias, tuple(padding), relu)
 
 
+def conv_max_pool2x2(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    padding: tuple[int, int] = (0, 0),
+    relu: bool = False,
+) -> torch.Tensor:
+    """max_pool2x2(F.conv2d(x, weight, bias, padding=padding)) (stride 1), then ReLU if relu: the small CNN's
+    second block. With the weights frozen (as the attacks run), 3x3 and a channels_last convolution on the CPU,
+    its input gradient comes from one kernel that reads the pooled gradient and each window's winner: a quarter
+    or less of the dense product oneDNN's input gradient computes, and no pooling backward. The same values and
+    gradients to rounding, autocast and double backward as through the ops in turn, which serve everything else
+    (the ReLU in place)."""
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    fused = _EXT and frozen and x.device.type == "cpu" and x.dim() == 4 and weight.dim() == 4
+    fused = fused and tuple(weight.shape[1:]) == (x.shape[1], 3, 3) and (weight.stride(1) == 1 or x.stride(1) == 1)
+    if not fused:  # (the stride test: conv2d's output is channels_last, which max_pool2x2's kernel serves)
+        out = max_pool2x2(torch.nn.functional.conv2d(x, weight, bias, padding=padding))
+        return torch.relu_(out) if relu else out
+    x, weight, bias = _autocast_operands(x, weight, bias)
+    with torch.autocast("cpu", enabled=False):
+        return _FrozenConvPool.apply(x, weight, bias, tuple(padding), relu)
+
+
+class _FrozenConvPool(torch.autograd.Function):
+    """conv2d (oneDNN's), max_pool2x2's kernel and ReLU with frozen weights: saves the byte-sized window positions
+    (4 where the ReLU passes no gradient, as nn.ReLU's backward: where its output is <= 0); the input gradient
+    from the compiled kernel (under create_graph: the pooling's differentiable backward, then aten's)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, relu):
+        out, argmax = torch.ops.advprune.max_pool2x2(torch.nn.functional.conv2d(x, weight, bias, padding=padding))
+        if relu:
+            argmax.masked_fill_(out <= 0, 4)
+            out.relu_()
+        ctx.save_for_backward(x, weight, argmax)
+        ctx.padding = padding
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, argmax = ctx.saved_tensors
+        height, width = x.shape[2:]
+        if not torch.is_grad_enabled():
+            grad_x = torch.ops.advprune.conv3x3_max_pool2x2_input_grad(
+                grad, argmax, weight, *ctx.padding, height, width
+            )
+            return grad_x, None, None, None, None
+        pad_h, pad_w = ctx.padding
+        conv_grad = _MaxPool2x2Backward.apply(grad, argmax, (height + 2 * pad_h - 2, width + 2 * pad_w - 2))
+        return _conv_input_grad(conv_grad, x, weight, ctx.padding), None, None, None, None
+
+
 class _FrozenOneChannelConv2d(torch.autograd.Function):
     """conv2d with frozen weights whose input gradient comes from the compiled kernel (under create_graph from
     aten's convolution_backward, which is differentiable)."""
@@ -403,6 +457,11 @@ if _EXT:
     @torch.library.register_fake("advprune::one_channel_conv_max_pool2x2_input_grad")
     def _one_channel_conv_max_pool2x2_input_grad_fake(grad, argmax, weight, pad_h, pad_w, height, width):
         return grad.new_empty((grad.shape[0], 1, height, width))
+
+    @torch.library.register_fake("advprune::conv3x3_max_pool2x2_input_grad")
+    def _conv3x3_max_pool2x2_input_grad_fake(grad, argmax, weight, pad_h, pad_w, height, width):
+        shape = (grad.shape[0], weight.shape[1], height, width)
+        return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
 
     @torch.library.register_fake("advprune::max_pool2x2_backward")
     def _max_pool2x2_backward_fake(grad, argmax, height, width):

@@ -329,6 +329,7 @@ def first_conv_cases(device, quick):
             lambda x=x, grad=grad: (x, grad),
         )
     yield from first_block_cases(quick)
+    yield from second_block_cases(quick)
 
 
 def first_block_cases(quick):
@@ -347,6 +348,26 @@ def first_block_cases(quick):
             2 * x.nbytes + 2 * grad.nbytes,  # x read, out written; grad read, grad_in written
             layer_fwd_bwd(lambda t, w=weight, b=bias: ops.one_channel_conv_max_pool2x2(t, w, b, (1, 1))),
             layer_fwd_bwd(lambda t, w=weight, b=bias: F.max_pool2d(F.conv2d(t, w, b, padding=1), 2)),
+            lambda x=x, grad=grad: (x, grad),
+        )
+
+
+def second_block_cases(quick):
+    """The small CNN's second convolution, pooling and ReLU (channels_last weights, frozen) against
+    relu(max_pool2d(conv2d)): forward and input gradient at batch 250, the input gradient from the pooled one."""
+    for dtype in (torch.float32,) if quick else (torch.float32, torch.bfloat16):
+        gen = torch.Generator().manual_seed(6)
+        x = torch.rand(250, 32, 14, 14, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(64, 32, 3, 3, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        bias = torch.randn(64, generator=gen).to(dtype)
+        grad = torch.randn(250, 64, 7, 7, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        yield (
+            "second_block",
+            tuple(grad.shape),
+            dtype,
+            2 * x.nbytes + 2 * grad.nbytes,  # x read, out written; grad read, grad_in written
+            layer_fwd_bwd(lambda t, w=weight, b=bias: ops.conv_max_pool2x2(t, w, b, (1, 1), relu=True)),
+            layer_fwd_bwd(lambda t, w=weight, b=bias: F.relu(F.max_pool2d(F.conv2d(t, w, b, padding=1), 2))),
             lambda x=x, grad=grad: (x, grad),
         )
 

@@ -48,4 +48,10 @@ TORCH_LIBRARY(advprune, m) {
   m.def(
       "one_channel_conv_max_pool2x2_input_grad(Tensor grad, Tensor argmax, Tensor weight, int pad_h, int pad_w, "
       "int height, int width) -> Tensor");
+  // The input gradient of max_pool2x2(conv2d(x [N, C_in, H, W], weight [C_out, C_in, 3, 3], padding)) (stride 1)
+  // from the pooled gradient and its window positions (4: none, where a ReLU zeroed the window), without the
+  // convolution's gradient: [N, C_in, H, W] channels_last. CPU only.
+  m.def(
+      "conv3x3_max_pool2x2_input_grad(Tensor grad, Tensor argmax, Tensor weight, int pad_h, int pad_w, int height, "
+      "int width) -> Tensor");
 }

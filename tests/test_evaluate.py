@@ -108,8 +108,10 @@ def test_frozen_weights_give_fab_the_same_examples(trained):
     pytest.importorskip("torchattacks")
     model, x, y = trained
     model = copy.deepcopy(model).eval()
-    # nn.Conv2d: the same arithmetic frozen or not (FirstConv2d takes advprune's kernel when frozen: rounding differs)
+    # the same arithmetic frozen or not: an nn.Conv2d first layer (FirstConv2d takes advprune's kernel when frozen:
+    # rounding differs), and the second block's layers in turn (a hooked layer is never fused)
     model.body[0] = model.body[0].as_conv2d()
+    model.body[4].register_forward_hook(lambda *_: None)
 
     def fab_examples():
         attack = autoattack.stage_attack("fab-t", model, eps=0.05, norm="linf", num_classes=10, seed=0)

@@ -264,4 +264,35 @@ void check_one_channel_conv_max_pool2x2_input_grad(const at::Tensor& grad, const
   check_device(op, "grad", grad, kernel_device);
 }
 
+
+void check_conv3x3_max_pool2x2_input_grad(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& weight,
+                                          int64_t pad_h, int64_t pad_w, int64_t height, int64_t width,
+                                          c10::DeviceType kernel_device) {
+  const char* op = "advprune.conv3x3_max_pool2x2_input_grad";
+  check_float_tensor(op, "grad", grad);
+  TORCH_CHECK_VALUE(grad.dim() == 4, op, ": grad must be 4-D [N, C_out, PH, PW], got shape ", text(grad.sizes()));
+  check_float_tensor(op, "weight", weight);
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == grad.size(1) && weight.size(2) == 3 && weight.size(3) == 3,
+                    op, ": weight must be [C_out, C_in, 3, 3] with grad's C_out = ", text(grad.size(1)),
+                    ", got shape ", text(weight.sizes()));
+  TORCH_CHECK_TYPE(weight.scalar_type() == grad.scalar_type(), op, ": weight has dtype ",
+                   dtype_name(weight.scalar_type()), " but grad has dtype ", dtype_name(grad.scalar_type()),
+                   "; they must match");
+  TORCH_CHECK_VALUE(weight.device() == grad.device(), op, ": weight is on ", text(weight.device()), " but grad on ",
+                    text(grad.device()));
+  TORCH_CHECK_VALUE(pad_h >= 0 && pad_w >= 0, op, ": padding must be >= 0, got (", text(pad_h), ", ", text(pad_w),
+                    ")");
+  const int64_t out_h = height + 2 * pad_h - 2, out_w = width + 2 * pad_w - 2;
+  TORCH_CHECK_VALUE(height >= 1 && width >= 1 && out_h >= 2 && out_w >= 2 && grad.size(2) == out_h / 2 &&
+                        grad.size(3) == out_w / 2,
+                    op, ": grad has shape ", text(grad.sizes()), ", which is not the pooled convolution output (",
+                    text(out_h), "x", text(out_w), " pooled to ", text(out_h / 2), "x", text(out_w / 2),
+                    ") of an input of ", text(height), "x", text(width), " with a 3x3 kernel and this padding");
+  TORCH_CHECK_TYPE(argmax.defined() && argmax.scalar_type() == at::kByte, op, ": argmax must be uint8");
+  TORCH_CHECK_VALUE(argmax.sizes() == grad.sizes() && argmax.device() == grad.device(), op, ": argmax has shape ",
+                    text(argmax.sizes()), " on ", text(argmax.device()), " but grad has shape ", text(grad.sizes()),
+                    " on ", text(grad.device()));
+  check_device(op, "grad", grad, kernel_device);
+}
+
 }  // namespace advprune

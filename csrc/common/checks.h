@@ -74,4 +74,10 @@ void check_one_channel_conv_max_pool2x2_input_grad(const at::Tensor& grad, const
                                                    const at::Tensor& weight, int64_t pad_h, int64_t pad_w,
                                                    int64_t height, int64_t width, c10::DeviceType kernel_device);
 
+// grad [N, C_out, PH, PW] floating, argmax uint8 of its shape, weight [C_out, C_in, 3, 3] of its dtype, on the
+// kernel's device; [PH, PW] the pooled output of a 3x3 convolution of a height x width input with that padding.
+void check_conv3x3_max_pool2x2_input_grad(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& weight,
+                                          int64_t pad_h, int64_t pad_w, int64_t height, int64_t width,
+                                          c10::DeviceType kernel_device);
+
 }  // namespace advprune

@@ -122,6 +122,32 @@ void test_one_channel_conv() {
   CHECK(max_abs_diff(fused_grad.call(grad, codes, weight, 1, 1, 9, 8), want_relu) < 1e-5);
 }
 
+// The second block's input gradient from the pooled gradient and the window positions, against max_pool2d's
+// backward and conv2d's through ATen (with and without the ReLU's "no gradient" position 4).
+void test_conv3x3_max_pool2x2_input_grad() {
+  using Pooled = std::tuple<at::Tensor, at::Tensor>;
+  auto& dispatcher = c10::Dispatcher::singleton();
+  auto pool = dispatcher.findSchemaOrThrow("advprune::max_pool2x2", "").typed<Pooled(const at::Tensor&)>();
+  auto input_grad =
+      dispatcher.findSchemaOrThrow("advprune::conv3x3_max_pool2x2_input_grad", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t,
+                            int64_t)>();
+  const at::Tensor x = at::randn({3, 11, 9, 8}).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor weight = at::randn({6, 11, 3, 3}).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor conv = at::conv2d(x, weight, {}, {1, 1}, {1, 1});
+  const auto [pooled, indices] = at::max_pool2d_with_indices(conv, {2, 2});
+  const auto [out, argmax] = pool.call(conv);
+  const at::Tensor grad = at::randn(out.sizes());
+  for (bool relu : {false, true}) {
+    const at::Tensor codes = relu ? argmax.masked_fill(out <= 0, 4) : argmax;
+    const at::Tensor passed = relu ? grad * (pooled > 0) : grad;
+    const at::Tensor want = conv_input_grad(
+        at::max_pool2d_with_indices_backward(passed, conv, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false, indices), x, weight,
+        1);
+    CHECK(max_abs_diff(input_grad.call(grad, codes, weight, 1, 1, 9, 8), want) < 1e-4);
+  }
+}
+
 void test_errors_name_what_was_received() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("advprune::sample_scores", "")
@@ -144,6 +170,7 @@ int main() {
   test_kl_rows();
   test_max_pool2x2();
   test_one_channel_conv();
+  test_conv3x3_max_pool2x2_input_grad();
   test_errors_name_what_was_received();
   if (advprune::testing::failures() == 0) std::printf("test_ops: all checks passed\n");
   return advprune::testing::failures() == 0 ? 0 : 1;
