@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -232,11 +233,24 @@ class _MaxPool2x2Backward(torch.autograd.Function):
         return winners, None, None
 
 
-def _frozen_one_channel_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether the compiled kernels of a one-channel first layer serve: frozen weights (as the attacks run them)
-    and a 4-D one-channel batch on the CPU."""
+def _frozen_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the compiled convolution kernels may serve: the extension, frozen weights (as the attacks run them)
+    and a 4-D batch and weight with x on the CPU."""
     frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    return _EXT and frozen and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] == 1 and weight.dim() == 4
+    return _EXT and frozen and x.device.type == "cpu" and x.dim() == 4 and weight.dim() == 4
+
+
+def _frozen_one_channel_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the compiled kernels of a one-channel first layer serve: _frozen_cpu, one input channel."""
+    return _frozen_cpu(x, weight, bias) and x.shape[1] == 1
+
+
+def _pair(padding: int | tuple[int, int]) -> tuple[int, int]:
+    """(pad_h, pad_w) from an int or a pair of ints, as conv2d takes numeric padding; anything else is refused."""
+    pair = (padding, padding) if isinstance(padding, int) else tuple(padding) if isinstance(padding, Sequence) else ()
+    if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
+        raise ValueError(f"padding must be an int or a pair of ints (pad_h, pad_w), got {padding!r}")
+    return pair
 
 
 def _autocast_operands(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -251,7 +265,7 @@ def _autocast_operands(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | No
 
 
 def one_channel_conv2d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: tuple[int, int] = (0, 0)
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int | tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
     """F.conv2d(x, weight, bias, padding=padding) (stride 1) of a one-channel batch. With the weights frozen (as
     the attacks run: attacks.weights_frozen) its input gradient on the CPU comes from advprune's kernel, where
@@ -262,14 +276,14 @@ def one_channel_conv2d(
         return torch.nn.functional.conv2d(x, weight, bias, padding=padding)
     x, weight, bias = _autocast_operands(x, weight, bias)
     with torch.autocast("cpu", enabled=False):
-        return _FrozenOneChannelConv2d.apply(x, weight, bias, tuple(padding))
+        return _FrozenOneChannelConv2d.apply(x, weight, bias, _pair(padding))
 
 
 def one_channel_conv_max_pool2x2(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    padding: tuple[int, int] = (0, 0),
+    padding: int | tuple[int, int] = (0, 0),
     relu: bool = False,
 ) -> torch.Tensor:
     """max_pool2x2(one_channel_conv2d(x, weight, bias, padding)), then ReLU if relu: the small CNN's first block.
@@ -284,14 +298,14 @@ def one_channel_conv_max_pool2x2(
         return torch.relu_(out) if relu else out
     x, weight, bias = _autocast_operands(x, weight, bias)
     with torch.autocast("cpu", enabled=False):
-        return _FrozenOneChannelConvPool.apply(x, weight, bias, tuple(padding), relu)
+        return _FrozenOneChannelConvPool.apply(x, weight, bias, _pair(padding), relu)
 
 
 def conv_max_pool2x2(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    padding: tuple[int, int] = (0, 0),
+    padding: int | tuple[int, int] = (0, 0),
     relu: bool = False,
 ) -> torch.Tensor:
     """max_pool2x2(F.conv2d(x, weight, bias, padding=padding)) (stride 1), then ReLU if relu: the small CNN's
@@ -300,15 +314,14 @@ def conv_max_pool2x2(
     or less of the dense product oneDNN's input gradient computes, and no pooling backward. The same values and
     gradients to rounding, autocast and double backward as through the ops in turn, which serve everything else
     (the ReLU in place)."""
-    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    fused = _EXT and frozen and x.device.type == "cpu" and x.dim() == 4 and weight.dim() == 4
-    fused = fused and tuple(weight.shape[1:]) == (x.shape[1], 3, 3) and (weight.stride(1) == 1 or x.stride(1) == 1)
+    fused = _frozen_cpu(x, weight, bias) and tuple(weight.shape[1:]) == (x.shape[1], 3, 3)
+    fused = fused and (weight.stride(1) == 1 or x.stride(1) == 1)
     if not fused:  # (the stride test: conv2d's output is channels_last, which max_pool2x2's kernel serves)
         out = max_pool2x2(torch.nn.functional.conv2d(x, weight, bias, padding=padding))
         return torch.relu_(out) if relu else out
     x, weight, bias = _autocast_operands(x, weight, bias)
     with torch.autocast("cpu", enabled=False):
-        return _FrozenConvPool.apply(x, weight, bias, tuple(padding), relu)
+        return _FrozenConvPool.apply(x, weight, bias, _pair(padding), relu)
 
 
 class _FrozenConvPool(torch.autograd.Function):

@@ -215,3 +215,14 @@ def test_the_small_cnn_uses_it_under_attack_and_not_when_hooked():
     assert seen == [True]  # the hook ran: a hooked layer is called, not fused
     for got, want in zip(fused, unfused, strict=True):
         assert_close_rel(got, want, 1e-5)
+
+
+def test_padding_as_an_int_and_refused_when_not_numeric():
+    x, weight, bias = _frozen(8)
+    as_pair = _value_and_grad(lambda t: ops.conv_max_pool2x2(t, weight, bias, (1, 1), relu=True), x)
+    as_int = _value_and_grad(lambda t: ops.conv_max_pool2x2(t, weight, bias, 1, relu=True), x)
+    for got, want in zip(as_int, as_pair, strict=True):
+        assert torch.equal(got, want)
+    for bad in ("same", (1, 1, 1), (1.0, 1)):
+        with pytest.raises(ValueError, match=r"padding must be an int or a pair of ints \(pad_h, pad_w\), got"):
+            ops.conv_max_pool2x2(x, weight, bias, bad)
