@@ -341,16 +341,21 @@ class _FrozenConvPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, argmax = ctx.saved_tensors
-        height, width = x.shape[2:]
-        if not torch.is_grad_enabled():
-            grad_x = torch.ops.advprune.conv3x3_max_pool2x2_input_grad(
-                grad, argmax, weight, *ctx.padding, height, width
-            )
-            return grad_x, None, None, None, None
-        pad_h, pad_w = ctx.padding
-        conv_grad = _MaxPool2x2Backward.apply(grad, argmax, (height + 2 * pad_h - 2, width + 2 * pad_w - 2))
-        return _conv_input_grad(conv_grad, x, weight, ctx.padding), None, None, None, None
+        kernel = torch.ops.advprune.conv3x3_max_pool2x2_input_grad
+        return _pooled_conv_input_grad(ctx, grad, kernel), None, None, None, None
+
+
+def _pooled_conv_input_grad(ctx, grad: torch.Tensor, kernel) -> torch.Tensor:
+    """The input gradient of a frozen convolution and max_pool2x2 (ReLU in the window positions) from what its
+    autograd.Function saved (x, weight, window positions; ctx.padding): the compiled `kernel`, or under
+    create_graph the pooling's differentiable backward and then aten's convolution backward."""
+    x, weight, argmax = ctx.saved_tensors
+    height, width = x.shape[2:]
+    if not torch.is_grad_enabled():
+        return kernel(grad, argmax, weight, *ctx.padding, height, width)
+    (pad_h, pad_w), (kh, kw) = ctx.padding, weight.shape[2:]
+    conv_size = (height + 2 * pad_h - kh + 1, width + 2 * pad_w - kw + 1)
+    return _conv_input_grad(_MaxPool2x2Backward.apply(grad, argmax, conv_size), x, weight, ctx.padding)
 
 
 class _FrozenOneChannelConv2d(torch.autograd.Function):
@@ -392,17 +397,8 @@ class _FrozenOneChannelConvPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, argmax = ctx.saved_tensors
-        height, width = x.shape[2:]
-        if not torch.is_grad_enabled():
-            grad_x = torch.ops.advprune.one_channel_conv_max_pool2x2_input_grad(
-                grad, argmax, weight, *ctx.padding, height, width
-            )
-            return grad_x, None, None, None, None
-        (pad_h, pad_w), (kh, kw) = ctx.padding, weight.shape[2:]
-        conv_size = (height + 2 * pad_h - kh + 1, width + 2 * pad_w - kw + 1)
-        conv_grad = _MaxPool2x2Backward.apply(grad, argmax, conv_size)
-        return _conv_input_grad(conv_grad, x, weight, ctx.padding), None, None, None, None
+        kernel = torch.ops.advprune.one_channel_conv_max_pool2x2_input_grad
+        return _pooled_conv_input_grad(ctx, grad, kernel), None, None, None, None
 
 
 # ------------------------------------------------- fake kernels and autograd
