@@ -43,8 +43,25 @@ def _cpu_has_avx2() -> bool:
         return False
 
 
+# the ops of csrc/advprune.cpp that this module calls: a library built from older sources lacks some
+_OPS = (
+    "pgd_step_",
+    "project_",
+    "sample_scores",
+    "kl_rows",
+    "kl_rows_backward",
+    "max_pool2x2",
+    "max_pool2x2_backward",
+    "one_channel_conv_input_grad",
+    "one_channel_conv_max_pool2x2",
+    "one_channel_conv_max_pool2x2_input_grad",
+    "conv3x3_max_pool2x2_input_grad",
+)
+
+
 def _load_extension() -> str | None:
-    """Imports advprune._C (which registers the kernels); returns why not, or None."""
+    """Imports advprune._C (which registers the kernels) and checks that it has every op this module calls;
+    returns why not, or None."""
     try:
         config = importlib.import_module("advprune._build_config")
     except ImportError:
@@ -55,6 +72,12 @@ def _load_extension() -> str | None:
         importlib.import_module("advprune._C")
     except ImportError as exc:
         return f"importing advprune._C failed: {exc}"
+    missing = [name for name in _OPS if not hasattr(torch.ops.advprune, name)]
+    if missing:
+        return (
+            f"the compiled library lacks the ops {', '.join(missing)}: it was built from older sources; rebuild it "
+            "(pip install --no-build-isolation -e . in the checkout)"
+        )
     return None
 
 

@@ -131,3 +131,13 @@ def test_import_without_the_extension_falls_back_with_one_warning(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "fallback ok" in result.stdout
+
+
+def test_a_library_built_from_older_sources_is_named_not_half_used(monkeypatch):
+    """A compiled library that lacks an op the Python side calls (built before the op was added) is reported as not
+    loaded, naming the op and the rebuild, instead of failing at import or at the op's first call."""
+    assert ops._load_extension() is None
+    assert all(hasattr(torch.ops.advprune, name) for name in ops._OPS)
+    monkeypatch.setattr(ops, "_OPS", (*ops._OPS, "an_op_of_newer_sources"))
+    why = ops._load_extension()
+    assert "lacks the ops an_op_of_newer_sources" in why and "pip install --no-build-isolation -e ." in why
