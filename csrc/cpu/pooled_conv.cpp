@@ -1,8 +1,8 @@
 // advprune::conv3x3_max_pool2x2_input_grad: the input gradient of max_pool2x2(conv2d(x, weight, padding)) (a 3x3
 // kernel, stride 1, ReLU optional) from the pooled gradient and the window positions, without the
 // convolution's gradient. That gradient is nonzero at one position of each 2x2 window only (and nowhere a
-// ReLU zeroed), yet oneDNN's backward-data kernel spends a dense product on it: the small CNN's second
-// convolution took 31% of an early-exit PGD evaluation's time there. Here each pooled pixel's output channels
+// ReLU zeroed), yet oneDNN's backward-data kernel spends a dense product on it (the small CNN's second
+// convolution's input gradient: 31% of an early-exit PGD evaluation's time). Here each pooled pixel's output channels
 // are put in four lists by their winner's position, and each listed channel adds its gradient times its 3x3
 // weights onto a 3x3 patch of input pixels held in registers: a quarter of the dense product's work at most.
 // The input channels are taken a vector at a time (outermost, so that their weights stay in L1), each image's
@@ -74,8 +74,8 @@ struct WinnerLists {
   }
 };
 
-// One pooled pixel's channels that won at (dy, dx), one chunk of input channels: sum over them of grad x weights
-// in nine registers, then added onto the 3x3 scratch patch whose top left is conv output pixel (oy, ox).
+// One pooled pixel's channels that won at one window position, one chunk of input channels: the sum over them of
+// grad x weights in nine registers, then added onto the winner's 3x3 taps in the scratch (`patch`: its top left).
 template <typename scalar_t>
 inline void add_position(const scalar_t* grad, const int32_t* channels, int32_t count,
                          const at::opmath_type<scalar_t>* chunk_taps, at::opmath_type<scalar_t>* patch,
@@ -136,7 +136,8 @@ void pooled_conv_input_grad_kernel(const at::Tensor& grad, const at::Tensor& arg
           const int32_t* start = lists.start.data() + pixel * (kPositions + 1);
           for (int pos = 0; pos < kPositions; ++pos) {
             if (start[pos + 1] == start[pos]) continue;
-            const int64_t oy = 2 * py + pos / 2, ox = 2 * px + pos % 2;  // the winner; its taps' scratch rows: oy ..
+            // the winner, conv output pixel (oy, ox): its taps are scratch pixels (oy + kh, ox + kw)
+            const int64_t oy = 2 * py + pos / 2, ox = 2 * px + pos % 2;
             add_position<scalar_t>(image_grad + pixel * p.oc, lists.channels.data() + pixel * p.oc + start[pos],
                                    start[pos + 1] - start[pos], chunk_taps, scratch.data() + (oy * cols + ox) * L,
                                    cols);
