@@ -244,19 +244,19 @@ void check_one_channel_conv_max_pool2x2(const at::Tensor& x, const at::Tensor& w
   check_device(op, "x", x, kernel_device);
 }
 
-void check_one_channel_conv_max_pool2x2_input_grad(const at::Tensor& grad, const at::Tensor& argmax,
-                                                   const at::Tensor& weight, int64_t pad_h, int64_t pad_w,
-                                                   int64_t height, int64_t width, c10::DeviceType kernel_device) {
-  const char* op = "advprune.one_channel_conv_max_pool2x2_input_grad";
-  check_float_tensor(op, "grad", grad);
-  TORCH_CHECK_VALUE(grad.dim() == 4, op, ": grad must be 4-D [N, C, PH, PW], got shape ", text(grad.sizes()));
-  check_one_channel_weight(op, weight, grad.size(1), "grad", grad, pad_h, pad_w);
-  const int64_t out_h = height + 2 * pad_h - weight.size(2) + 1, out_w = width + 2 * pad_w - weight.size(3) + 1;
+namespace {
+
+// grad [N, C, PH, PW] the pooled output of a KH x KW convolution (stride 1, this padding) of a height x width input;
+// argmax uint8 of grad's shape and device; grad on the kernel's device. (The pooled input gradients' shared checks.)
+void check_pooled_grad(const char* op, const at::Tensor& grad, const at::Tensor& argmax, int64_t kh, int64_t kw,
+                       int64_t pad_h, int64_t pad_w, int64_t height, int64_t width, c10::DeviceType kernel_device) {
+  const int64_t out_h = height + 2 * pad_h - kh + 1, out_w = width + 2 * pad_w - kw + 1;
   TORCH_CHECK_VALUE(height >= 1 && width >= 1 && out_h >= 2 && out_w >= 2 && grad.size(2) == out_h / 2 &&
                         grad.size(3) == out_w / 2,
                     op, ": grad has shape ", text(grad.sizes()), ", which is not the pooled convolution output (",
                     text(out_h), "x", text(out_w), " pooled to ", text(out_h / 2), "x", text(out_w / 2),
-                    ") of an input of ", text(height), "x", text(width), " with this kernel and padding");
+                    ") of an input of ", text(height), "x", text(width), " with a ", text(kh), "x", text(kw),
+                    " kernel and this padding");
   TORCH_CHECK_TYPE(argmax.defined() && argmax.scalar_type() == at::kByte, op, ": argmax must be uint8");
   TORCH_CHECK_VALUE(argmax.sizes() == grad.sizes() && argmax.device() == grad.device(), op, ": argmax has shape ",
                     text(argmax.sizes()), " on ", text(argmax.device()), " but grad has shape ", text(grad.sizes()),
@@ -264,6 +264,17 @@ void check_one_channel_conv_max_pool2x2_input_grad(const at::Tensor& grad, const
   check_device(op, "grad", grad, kernel_device);
 }
 
+}  // namespace
+
+void check_one_channel_conv_max_pool2x2_input_grad(const at::Tensor& grad, const at::Tensor& argmax,
+                                                   const at::Tensor& weight, int64_t pad_h, int64_t pad_w,
+                                                   int64_t height, int64_t width, c10::DeviceType kernel_device) {
+  const char* op = "advprune.one_channel_conv_max_pool2x2_input_grad";
+  check_float_tensor(op, "grad", grad);
+  TORCH_CHECK_VALUE(grad.dim() == 4, op, ": grad must be 4-D [N, C, PH, PW], got shape ", text(grad.sizes()));
+  check_one_channel_weight(op, weight, grad.size(1), "grad", grad, pad_h, pad_w);
+  check_pooled_grad(op, grad, argmax, weight.size(2), weight.size(3), pad_h, pad_w, height, width, kernel_device);
+}
 
 void check_conv3x3_max_pool2x2_input_grad(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& weight,
                                           int64_t pad_h, int64_t pad_w, int64_t height, int64_t width,
@@ -282,17 +293,7 @@ void check_conv3x3_max_pool2x2_input_grad(const at::Tensor& grad, const at::Tens
                     text(grad.device()));
   TORCH_CHECK_VALUE(pad_h >= 0 && pad_w >= 0, op, ": padding must be >= 0, got (", text(pad_h), ", ", text(pad_w),
                     ")");
-  const int64_t out_h = height + 2 * pad_h - 2, out_w = width + 2 * pad_w - 2;
-  TORCH_CHECK_VALUE(height >= 1 && width >= 1 && out_h >= 2 && out_w >= 2 && grad.size(2) == out_h / 2 &&
-                        grad.size(3) == out_w / 2,
-                    op, ": grad has shape ", text(grad.sizes()), ", which is not the pooled convolution output (",
-                    text(out_h), "x", text(out_w), " pooled to ", text(out_h / 2), "x", text(out_w / 2),
-                    ") of an input of ", text(height), "x", text(width), " with a 3x3 kernel and this padding");
-  TORCH_CHECK_TYPE(argmax.defined() && argmax.scalar_type() == at::kByte, op, ": argmax must be uint8");
-  TORCH_CHECK_VALUE(argmax.sizes() == grad.sizes() && argmax.device() == grad.device(), op, ": argmax has shape ",
-                    text(argmax.sizes()), " on ", text(argmax.device()), " but grad has shape ", text(grad.sizes()),
-                    " on ", text(grad.device()));
-  check_device(op, "grad", grad, kernel_device);
+  check_pooled_grad(op, grad, argmax, 3, 3, pad_h, pad_w, height, width, kernel_device);
 }
 
 }  // namespace advprune
